@@ -1,0 +1,92 @@
+"""Models: the seeds' architectures (layer order, parameter counts worked out by hand), every
+dataset's image shape, and any norm in any model."""
+
+import pytest
+import torch
+from torch import nn
+
+from bench.errors import UserError
+from bench.models import MODELS, build_model
+from bench.models.convnet import ScaledReLU
+from bench.norms import NORMS, make_norm
+
+
+def build(name, c=3, size=32, norm="bn", **kw):
+    return build_model(name, in_channels=c, num_classes=10, image_size=size,
+                       norm_layer=make_norm(norm), **kw)
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_convnet_is_seed000_classifier():
+    m = build("convnet", norm="none")
+    convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (3, 32, (3, 3), (2, 2)), (32, 64, (3, 3), (2, 2)), (64, 128, (3, 3), (2, 2)),
+        (128, 256, (3, 3), (2, 2)), (256, 10, (2, 2), (1, 1))]
+    # conv weights+biases by hand: 896 + 18,496 + 73,856 + 295,168 + 10,250 (the "0.40 M").
+    assert n_params(m) == 398_666
+    assert not any(isinstance(l, nn.Linear) for l in m.modules())
+    # block order conv -> norm -> ReLU*sqrt(2)
+    kinds = [type(l).__name__ for l in m][:3]
+    assert kinds == ["Conv2d", "Identity", "ScaledReLU"]
+
+
+def test_scaled_relu_and_seed000_init_keep_unit_variance():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 32, 32)
+    m = build("convnet", norm="none")
+    h = nn.Sequential(*list(m)[:3])(x)  # first block
+    # He et al.: with randn/sqrt(fan_in) weights and sqrt(2)*ReLU the second moment stays ~1
+    # (a little less: zero padding at the borders).
+    assert 0.8 < h.square().mean().item() < 1.2
+    assert torch.equal(ScaledReLU()(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2 * 2**0.5]))
+
+
+def test_cnn4_is_seed003_small_cnn():
+    m = build("cnn4", norm="bn")
+    kinds = [type(l).__name__ for l in m]
+    assert kinds[:3] == ["Conv2d", "ReLU", "BatchNorm2d"]  # norm after the activation
+    convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32, 32]
+    assert all(c.bias is None for c in convs)
+    # 216 + 1152 + 4608 + 9216 conv weights, 330 linear, 2*(8+16+32+32) BN affine = 15,698
+    assert n_params(m) == 15_698
+
+
+def test_resnet18_replaces_every_batchnorm():
+    m = build("resnet18", norm="gn")
+    assert not any(isinstance(l, nn.BatchNorm2d) for l in m.modules())
+    assert sum(isinstance(l, nn.GroupNorm) for l in m.modules()) == 20
+    assert m.fc.out_features == 10
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("c,size", [(3, 32), (1, 28), (1, 32), (3, 96)])
+def test_every_model_takes_every_dataset_shape(name, c, size):
+    m = build(name, c=c, size=size)
+    assert m(torch.randn(2, c, size, size)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_any_norm_fits_any_model(name, norm):
+    # 64 px: ResNet-18's last stage is then 2x2 (at 32 px it is 1x1, where instance norm has
+    # nothing to normalise over; `runners.classify.check` reports that as a user error).
+    m = build(name, norm=norm, size=64)
+    m(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
+def test_bad_model_name_and_setting():
+    with pytest.raises(UserError, match=r"unknown model 'vgg' \(allowed: cnn4, convnet, resnet18\)"):
+        build("vgg")
+    with pytest.raises(UserError, match=r"unknown setting model.depth for model 'convnet'"):
+        build("convnet", depth=3)
+
+
+def test_group_count_checked_against_the_models_layers():
+    with pytest.raises(UserError, match="does not divide"):
+        build_model("cnn4", in_channels=3, num_classes=10, image_size=32,
+                    norm_layer=make_norm("gn", groups=16))  # first layer has 8 channels
