@@ -1,0 +1,6 @@
+"""The results database: schema (`db.schema`, documented there) and the writer (`ResultsDB`)."""
+
+from db.schema import FINAL_STATUSES, STATUSES, Base, Metric, Run
+from db.store import ResultsDB, code_version
+
+__all__ = ["FINAL_STATUSES", "STATUSES", "Base", "Metric", "Run", "ResultsDB", "code_version"]

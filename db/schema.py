@@ -1,0 +1,131 @@
+"""The results database: one row per training run, one row per (run, epoch, split, metric).
+
+This schema is a public interface: query it with plain SQL (sqlite3, psql, pandas.read_sql).
+
+Table ``runs``
+    id            integer primary key, assigned on insert.
+    status        'running' while training; then 'completed', 'failed' (an exception, or the
+                  process died: see ``ResultsDB.mark_stale_runs``) or 'diverged' (loss became
+                  NaN/inf; training stopped on purpose).
+    task          runner name, e.g. 'classify'.
+    dataset       dataset name, e.g. 'cifar10'.
+    model         model name, e.g. 'resnet18'.
+    norm          normalization layer name, e.g. 'bn', 'gn'.
+    bs            batch size (> 0).
+    lr            learning rate (> 0).
+    seed          random seed.
+    epochs        number of epochs configured (> 0).
+    epochs_done   highest epoch logged so far (0 before the first); < epochs if the run ended early.
+    config        the full resolved config as JSON (``json_extract(config, '$.optim.wd')`` in
+                  SQLite, ``config->'optim'->>'wd'`` in PostgreSQL).
+    config_hash   64 hex chars identifying the config; equal hashes mean the same experiment.
+    output_dir    the job's output directory (Hydra job dir), or NULL.
+    started_at    when the run started.
+    ended_at      when it ended, NULL while running.
+    heartbeat_at  last time the run wrote metrics (or started); a 'running' row with an old
+                  heartbeat is probably dead.
+    duration_s    ended_at - started_at in seconds; NULL while running, and for a run whose
+                  process died (its end time is unknown: ended_at is when that was noticed).
+    host          hostname of the machine that ran it.
+    pid           process id of the run on that host.
+    device        'cpu', 'cuda', 'cuda:0', ...
+    torch_version torch version string, 'unknown' if torch was not installed.
+    code_version  ``git describe --always --dirty --tags`` of the code, else the package version.
+    error         why the run failed or diverged, else NULL.
+
+Table ``metrics`` (primary key run_id, epoch, split, name: each value is written once)
+    run_id        runs.id; deleting a run deletes its metrics.
+    epoch         1..epochs; 0 is an evaluation before training.
+    split         'train', 'test', 'val', ...
+    name          'loss', 'acc', 'time_s', 'images_per_s', ...
+    value         the value; NULL means NaN (SQLite cannot store NaN; we write NULL on every
+                  backend so the meaning is the same). +inf and -inf are stored as they are.
+
+All times are UTC. SQLite has no time zone type: times are stored as naive UTC text
+('2025-01-31 12:00:00.123456'); PostgreSQL stores ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+STATUSES = ("running", "completed", "failed", "diverged")
+FINAL_STATUSES = STATUSES[1:]
+
+# Timezone-aware in Python; SQLite drops the zone (we always write UTC), PostgreSQL keeps it.
+UtcDateTime = DateTime(timezone=True)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", STATUSES), name="ck_runs_status"),
+        CheckConstraint("bs > 0", name="ck_runs_bs_positive"),
+        CheckConstraint("lr > 0", name="ck_runs_lr_positive"),
+        CheckConstraint("epochs > 0", name="ck_runs_epochs_positive"),
+        # The analysis groups and filters by these (one curve per norm at each batch size).
+        Index("ix_runs_experiment", "task", "dataset", "model", "norm", "bs"),
+        Index("ix_runs_status", "status"),
+        Index("ix_runs_config_hash", "config_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(Text)
+    dataset: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    norm: Mapped[str] = mapped_column(Text)
+    bs: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Double)
+    seed: Mapped[int] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    config: Mapped[dict] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    output_dir: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    duration_s: Mapped[float | None] = mapped_column(Double)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(Text)
+    torch_version: Mapped[str] = mapped_column(Text)
+    code_version: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (CheckConstraint("epoch >= 0", name="ck_metrics_epoch_nonnegative"),)
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE", name="fk_metrics_run_id"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    split: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    # NULL = NaN (see the module docstring).
+    value: Mapped[float | None] = mapped_column(Double)

@@ -1,0 +1,241 @@
+"""The results database on real SQLite files, read back with the sqlite3 module (not the ORM)."""
+
+import json
+import math
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from bench.errors import UserError
+from db import ResultsDB, Run
+
+RUN = dict(task="classify", dataset="digits", model="mlp", norm="bn", bs=32, lr=0.1, seed=0,
+           epochs=20, config={"optim": {"lr": 0.1, "wd": 5e-4}, "norm": "bn"}, config_hash="a" * 64)
+
+
+def _sql(path, query, *args):
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute(query, args)]
+
+
+def test_lifecycle(tmp_path):
+    path = tmp_path / "sub" / "results.db"  # the missing directory is created
+    db = ResultsDB(f"sqlite:///{path}")
+    run_id = db.start_run(**RUN, output_dir=str(tmp_path / "job"))
+    db.log_epoch(run_id, 1, {("train", "loss"): 2.5, ("test", "acc"): 0.25})
+    db.log_epoch(run_id, 2, {("train", "loss"): 1.5, ("test", "acc"): 0.5})
+    db.finish(run_id, "completed")
+    db.close()
+
+    [run] = _sql(path, "SELECT * FROM runs")
+    assert run["id"] == run_id
+    assert (run["status"], run["epochs"], run["epochs_done"], run["error"]) == (
+        "completed", 20, 2, None)
+    assert (run["bs"], run["lr"], run["norm"]) == (32, 0.1, "bn")
+    assert json.loads(run["config"]) == RUN["config"]
+    assert (run["host"], run["pid"]) == (socket.gethostname(), os.getpid())
+    assert run["output_dir"] == str(tmp_path / "job")
+    assert run["torch_version"] and run["code_version"] and run["device"] == "cpu"
+    started, ended, beat = (datetime.fromisoformat(run[k])
+                            for k in ("started_at", "ended_at", "heartbeat_at"))
+    assert started <= beat <= ended
+    assert abs(started - datetime.now(UTC).replace(tzinfo=None)) < timedelta(minutes=1)  # naive UTC
+    assert run["duration_s"] == pytest.approx((ended - started).total_seconds())
+    assert run["duration_s"] > 0
+    assert _sql(path, "SELECT * FROM metrics ORDER BY epoch, split, name") == [
+        dict(run_id=run_id, epoch=1, split="test", name="acc", value=0.25),
+        dict(run_id=run_id, epoch=1, split="train", name="loss", value=2.5),
+        dict(run_id=run_id, epoch=2, split="test", name="acc", value=0.5),
+        dict(run_id=run_id, epoch=2, split="train", name="loss", value=1.5),
+    ]
+
+
+def test_nan_is_null_inf_kept_and_diverged(tmp_path):
+    path = tmp_path / "r.db"
+    db = ResultsDB(f"sqlite:///{path}")
+    run_id = db.start_run(**RUN)
+    db.log_epoch(run_id, 0, {("train", "loss"): 2.3})  # epoch 0: before training
+    db.log_epoch(run_id, 1, {("train", "loss"): math.nan, ("train", "grad_norm"): math.inf,
+                             ("train", "logit_min"): -math.inf})
+    db.finish(run_id, "diverged", error="loss is nan at epoch 1")
+    rows = _sql(path, "SELECT name, value FROM metrics WHERE epoch = 1 ORDER BY name")
+    assert rows == [dict(name="grad_norm", value=math.inf),
+                    dict(name="logit_min", value=-math.inf), dict(name="loss", value=None)]
+    [run] = _sql(path, "SELECT status, error, epochs_done FROM runs")
+    assert run == dict(status="diverged", error="loss is nan at epoch 1", epochs_done=1)
+
+
+def test_bad_status_and_check_constraints(tmp_path):
+    path = tmp_path / "r.db"
+    db = ResultsDB(f"sqlite:///{path}")
+    run_id = db.start_run(**RUN)
+    for status in ("running", "done"):
+        with pytest.raises(ValueError, match="completed, diverged, failed"):
+            db.finish(run_id, status)
+    with pytest.raises(IntegrityError, match="ck_runs_bs_positive"):
+        db.start_run(**{**RUN, "bs": 0})
+    # Bypass Python entirely: copy the valid row with one column made invalid.
+    columns = [c for c in Run.__table__.columns.keys() if c != "id"]
+    for column, bad in [("bs", 0), ("lr", 0.0), ("epochs", 0), ("status", "'done'")]:
+        values = ", ".join(str(bad) if c == column else c for c in columns)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            _sql(path, f"INSERT INTO runs ({', '.join(columns)}) SELECT {values} FROM runs")
+    assert _sql(path, "SELECT count(*) AS n FROM runs") == [dict(n=1)]
+
+
+def test_duplicate_metric_is_an_error_and_writes_nothing(tmp_path):
+    path = tmp_path / "r.db"
+    db = ResultsDB(f"sqlite:///{path}")
+    run_id = db.start_run(**RUN)
+    db.log_epoch(run_id, 1, {("train", "loss"): 1.0, ("test", "acc"): 0.5})
+    db.log_epoch(run_id, 2, {("test", "acc"): 0.7})
+    with pytest.raises(IntegrityError):  # ("train", "loss") again; ("test", "new") must not stay
+        db.log_epoch(run_id, 1, {("test", "new"): 3.0, ("train", "loss"): 9.0})
+    assert _sql(path, "SELECT epoch, split, name, value FROM metrics ORDER BY epoch, name") == [
+        dict(epoch=1, split="test", name="acc", value=0.5),
+        dict(epoch=1, split="train", name="loss", value=1.0),
+        dict(epoch=2, split="test", name="acc", value=0.7),
+    ]
+    assert _sql(path, "SELECT epochs_done FROM runs") == [dict(epochs_done=2)]
+    with pytest.raises(ValueError, match="no run with id 99"):
+        db.log_epoch(99, 1, {("train", "loss"): 1.0})
+
+
+def _writer(url, barrier, errors):
+    try:
+        barrier.wait(timeout=60)  # all open the new file at once: concurrent schema creation
+        db = ResultsDB(url)
+        run_id = db.start_run(**{**RUN, "seed": os.getpid()})
+        for epoch in range(1, 21):
+            db.log_epoch(run_id, epoch, {(split, name): epoch / 10 for split in ("train", "test")
+                                         for name in ("loss", "acc")})
+        db.finish(run_id, "completed")
+        db.close()
+        errors.put(None)
+    except BaseException as e:
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_parallel_writers(tmp_path):
+    path, n = tmp_path / "shared.db", 8
+    ctx = mp.get_context("spawn")
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(f"sqlite:///{path}", barrier, errors))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [errors.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert results == [None] * n
+    assert _sql(path, "SELECT status, count(*) AS n, sum(epochs_done) AS e FROM runs "
+                      "GROUP BY status") == [dict(status="completed", n=n, e=20 * n)]
+    assert _sql(path, "SELECT count(*) AS n FROM metrics") == [dict(n=n * 20 * 4)]
+    assert _sql(path, "PRAGMA journal_mode") == [dict(journal_mode="wal")]
+    assert _sql(path, "PRAGMA integrity_check") == [dict(integrity_check="ok")]
+
+
+def _start_and_hang(url, run_ids):
+    run_ids.put(ResultsDB(url).start_run(**RUN))
+    time.sleep(600)
+
+
+def test_mark_stale_runs(tmp_path):
+    path = tmp_path / "r.db"
+    url = f"sqlite:///{path}"
+    ctx = mp.get_context("spawn")
+    run_ids = ctx.Queue()
+    child = ctx.Process(target=_start_and_hang, args=(url, run_ids))
+    child.start()
+    killed_run = run_ids.get(timeout=60)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()  # reaped: a zombie would still answer os.kill(pid, 0)
+
+    db = ResultsDB(url)
+    mine = db.start_run(**RUN)
+    elsewhere = db.start_run(**RUN)  # another host's run: its pid means nothing here
+    _sql(path, "UPDATE runs SET host = 'other-host', pid = ? WHERE id = ?", child.pid, elsewhere)
+    assert db.mark_stale_runs() == [killed_run]
+    assert db.mark_stale_runs() == []
+    rows = {r["id"]: r for r in _sql(path, "SELECT id, status, error, ended_at FROM runs")}
+    assert rows[killed_run]["status"] == "failed" and rows[killed_run]["ended_at"]
+    assert rows[killed_run]["error"] == (f"process {child.pid} on {socket.gethostname()} "
+                                         "ended without finishing the run (killed?)")
+    assert rows[mine]["status"] == rows[elsewhere]["status"] == "running"
+
+
+def test_find_completed(tmp_path):
+    db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    ids = {}
+    for status in ("completed", "failed", "running", "completed"):
+        ids[status] = db.start_run(**{**RUN, "config_hash": status[0] * 64})
+        if status != "running":
+            db.finish(ids[status], status)
+    assert db.find_completed("c" * 64) == ids["completed"]  # the later of the two
+    assert db.find_completed("f" * 64) is None
+    assert db.find_completed("r" * 64) is None
+    assert db.find_completed("x" * 64) is None
+
+
+def test_open_is_idempotent_and_writes_no_rows(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    ResultsDB(url).close()
+    ResultsDB(url).close()
+    tables = _sql(tmp_path / "r.db", "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert sorted(t["name"] for t in tables) == ["metrics", "runs"]
+    assert _sql(tmp_path / "r.db", "SELECT (SELECT count(*) FROM runs) + "
+                                   "(SELECT count(*) FROM metrics) AS n") == [dict(n=0)]
+
+
+@pytest.mark.parametrize("url", [
+    "foo://x",
+    "not a url",
+    "sqlite:////proc/nonexistent_dir/x.db",
+    "sqlite:///{tmp}/a_file/x.db",  # the parent "directory" is a file
+    "postgresql://nobody@127.0.0.1:1/x",  # refused port, or no driver installed
+])
+def test_bad_url_is_a_one_line_user_error(tmp_path, url):
+    (tmp_path / "a_file").write_text("")
+    url = url.format(tmp=tmp_path)
+    with pytest.raises(UserError) as e:
+        ResultsDB(url)
+    assert "\n" not in str(e.value) and repr(url) in str(e.value)
+    if url.startswith("foo"):
+        assert "unknown database kind 'foo'" in str(e.value)
+    if url.startswith("postgresql"):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            assert "driver not installed" in str(e.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_read_only_directory(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(UserError, match="not writable"):
+        ResultsDB(f"sqlite:///{tmp_path / 'ro' / 'x.db'}")
+
+
+def test_switch_to_wal_waits_for_a_writer(tmp_path):
+    # Another process writing a file that is not yet WAL makes "PRAGMA journal_mode=WAL" fail
+    # at once with "database is locked" (busy_timeout does not apply); ResultsDB must wait.
+    path = tmp_path / "r.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO other VALUES (1)")
+    t0 = time.monotonic()
+    threading.Timer(0.3, other.execute, ["COMMIT"]).start()
+    ResultsDB(f"sqlite:///{path}").close()
+    assert time.monotonic() - t0 >= 0.3  # it waited for the commit instead of failing
+    other.close()
+    assert _sql(path, "PRAGMA journal_mode") == [dict(journal_mode="wal")]
