@@ -32,9 +32,10 @@ def _bn(num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1,
 
 def _gn(num_channels: int, groups: int = 8, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     if groups < 1 or num_channels % groups:
+        divisors = [str(d) for d in range(1, num_channels + 1) if num_channels % d == 0]
         raise UserError(
             f"norm.groups={groups} does not divide a layer's {num_channels} channels "
-            f"(allowed here: {choices(d for d in range(1, num_channels + 1) if num_channels % d == 0)})"
+            f"(allowed here: {', '.join(divisors)})"
         )
     return nn.GroupNorm(groups, num_channels, eps=eps, affine=affine)
 

@@ -1,0 +1,43 @@
+# normbench: `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PYTHON ?= python3
+DB ?= results/bench.db
+.DEFAULT_GOAL := help
+
+.PHONY: help install data test test-all demo lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## virtualenv in .venv with the suite and its tools (idempotent)
+
+$(VENV)/.installed: pyproject.toml
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+data: ## offline Fashion-MNIST from Debian's dataset-fashion-mnist (needs root; optional)
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: already in /usr/share/datasets/fashion-mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
+		&& echo "Fashion-MNIST: installed in /usr/share/datasets/fashion-mnist"; \
+	else echo "Fashion-MNIST: run 'sudo apt-get install dataset-fashion-mnist' (optional)"; fi
+
+test: install ## the fast tests (under 10 minutes on 2 cores)
+	$(PY) -m pytest -m "not slow" -n 2 -q
+
+test-all: install ## every test, the slow ones too
+	$(PY) -m pytest -n 2 -q
+
+demo: install ## a small real sweep on the offline digits dataset, written to results/bench.db
+	$(PY) -m bench.run -m experiment=demo db.url=sqlite:///$(DB)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check .
+
+clean: ## remove Hydra's output folders (keeps the database and the data caches)
+	rm -rf outputs multirun

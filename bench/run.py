@@ -1,0 +1,141 @@
+"""The entry point: `python -m bench.run [-m] key=value ...` trains one run per job.
+
+A job's life, and what the database says at each point:
+1. checks (nothing written): bad config, missing dataset, unopenable database -> one-line error;
+2. the run's row is written as 'running' just before training starts;
+3. metrics are written at the end of every epoch;
+4. the status becomes 'completed', 'diverged' (a loss went NaN/inf; the sweep goes on) or
+   'failed' with the error (an exception, Ctrl-C or SIGTERM; the other jobs of a sweep still run).
+A job killed with SIGKILL cannot write; the next sweep on that host marks its run 'failed'.
+"""
+
+import logging
+import math
+import signal
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bench.errors import Diverged, UserError
+from bench.validate import CONF_DIR, check_overrides
+
+# torch, the datasets and the database are imported inside run_job: a mistyped group option is
+# then reported in well under a second instead of after torch's ~3 s import.
+
+log = logging.getLogger("bench")
+
+
+class Terminated(BaseException):
+    """SIGTERM turned into an exception, so the run's row is closed before the process ends."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def parallel_jobs() -> int:
+    """How many jobs run at once: the joblib launcher's n_jobs, else 1."""
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:
+        return 1
+    n = launcher.get("n_jobs", 1) if launcher is not None else 1
+    return n if isinstance(n, int) and n > 0 else 1
+
+
+def open_results(url: str):
+    from db import ResultsDB
+
+    return ResultsDB(url)
+
+
+def run_job(cfg: DictConfig) -> int | None:
+    """Train the run `cfg` describes; return its row id (None when skipped as already done)."""
+    from bench.data import load_dataset
+    from bench.runtime import config_hash, pick_device, seed_everything, set_threads
+    from bench.validate import check_config
+    from runners import RUNNERS
+
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    threads = set_threads(cfg.threads, parallel_jobs())
+    seed_everything(cfg.seed)
+    ds = cfg.dataset
+    data = load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
+                        train_subset=ds.train_subset, test_subset=ds.test_subset,
+                        **ds.get("options", {}))
+    db = open_results(cfg.db.url)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    digest = config_hash(config)
+    if cfg.resume and (done := db.find_completed(digest)) is not None:
+        log.info("skipped: run %d already completed this config (resume=false to run again)", done)
+        return None
+    try:
+        out_dir = HydraConfig.get().runtime.output_dir
+    except ValueError:
+        out_dir = None
+    run_id = db.start_run(task=cfg.task.name, dataset=ds.name, model=cfg.model.name,
+                          norm=cfg.norm.name, bs=cfg.bs, lr=cfg.lr, seed=cfg.seed,
+                          epochs=cfg.epochs, config=config, config_hash=digest,
+                          output_dir=out_dir, device=str(device))
+    log.info("run %d: %s %s/%s norm=%s bs=%d lr=%g seed=%d on %s (%d threads)", run_id,
+             cfg.task.name, ds.name, cfg.model.name, cfg.norm.name, cfg.bs, cfg.lr, cfg.seed,
+             device, threads)
+
+    def log_epoch(epoch: int, metrics: dict) -> None:
+        db.log_epoch(run_id, epoch, metrics)
+        log.info("run %d epoch %d/%d  %s", run_id, epoch, cfg.epochs, "  ".join(
+            f"{s}/{n} {v:.4g}" for (s, n), v in metrics.items()))
+        for (split, name), v in metrics.items():
+            if name.endswith("loss") and not math.isfinite(v):
+                raise Diverged(f"{split} {name} became {v} at epoch {epoch}")
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        RUNNERS[cfg.task.name].run(cfg, data, device, log_epoch)
+    except Diverged as e:
+        db.finish(run_id, "diverged", str(e))
+        log.warning("run %d diverged: %s", run_id, e)
+        return run_id
+    except BaseException as e:
+        db.finish(run_id, "failed", one_line(e))
+        log.error("run %d failed: %s", run_id, one_line(e))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    db.finish(run_id, "completed")
+    return run_id
+
+
+def fail(e: UserError):
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# An absolute path: a relative one is resolved as a Python module when bench.run is imported
+# rather than run as __main__ (tests, `bench` console script).
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        run_job(cfg)
+    except UserError as e:
+        fail(e)
+
+
+def main() -> None:
+    try:
+        check_overrides(sys.argv[1:])
+    except UserError as e:
+        fail(e)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

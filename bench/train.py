@@ -1,0 +1,61 @@
+"""Pieces every runner's training loop shares: model and optimizer from the config, batches on
+the device, mixed precision, progress display."""
+
+import sys
+from contextlib import nullcontext
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from bench.data.loader import DeviceBatches
+from bench.models import build_model
+from bench.norms import make_norm
+from bench.optim import build_optimizer
+
+
+def settings(node: DictConfig) -> dict:
+    """A config group's settings as plain keyword arguments (its `name` removed)."""
+    d = OmegaConf.to_container(node, resolve=True)
+    d.pop("name", None)
+    return d
+
+
+def model_from_config(cfg: DictConfig, in_channels: int, num_classes: int, image_size: int):
+    norm_layer = make_norm(cfg.norm.name, **settings(cfg.norm))
+    return build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes,
+                       image_size=image_size, norm_layer=norm_layer, **settings(cfg.model))
+
+
+def optimizer_from_config(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    return build_optimizer(cfg.optim.name, params, cfg.lr, **settings(cfg.optim))
+
+
+def use_channels_last(cfg: DictConfig) -> bool:
+    # Measured on a 2-core CPU, 4-layer CNN (REFERENCE.md §4): channels_last is 1.8x faster at
+    # bs 128 but 1.5x slower at bs 2; 32 is about where it stops losing.
+    return cfg.bs >= 32 if cfg.channels_last == "auto" else bool(cfg.channels_last)
+
+
+def autocast(cfg: DictConfig, device: torch.device):
+    """bf16 autocast where asked; 'auto' only on CUDA so CPU results stay float32."""
+    on = device.type == "cuda" if cfg.amp == "auto" else bool(cfg.amp)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
+
+
+def batches(cfg: DictConfig, data, device: torch.device, generator: torch.Generator):
+    """(train, test) batch iterators over the dataset moved once to `device`."""
+    ds, cl = cfg.dataset, use_channels_last(cfg)
+    norm = {"mean": list(ds.mean), "std": list(ds.std), "channels_last": cl}
+    train = DeviceBatches(data.train_x.to(device), data.train_y.to(device), cfg.bs, shuffle=True,
+                          drop_last=True, flip=ds.augment.flip, shift=ds.augment.shift,
+                          generator=generator, **norm)
+    test_bs = min(cfg.eval_bs, len(data.test_y))
+    test = DeviceBatches(data.test_x.to(device), data.test_y.to(device), test_bs, **norm)
+    return train, test
+
+
+def progress(iterable, cfg: DictConfig, desc: str):
+    """A progress bar on a terminal (progress=auto), nothing in logs and CI."""
+    enabled = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    return tqdm(iterable, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,90 @@
+"""Classification: cross-entropy, Adam/RAdam/SGD at a fixed lr, metrics per epoch.
+
+Per epoch: train loss and accuracy (averaged over the epoch's steps, in train mode, so BN uses
+batch statistics), test loss and accuracy (eval mode, averaged over test images), train time,
+images per second. Sums stay on the device and are read once per epoch: a `.item()` per step
+would stall a GPU on every step.
+"""
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from bench.data import dataset_shape
+from bench.errors import UserError
+from bench.train import (
+    autocast,
+    batches,
+    model_from_config,
+    optimizer_from_config,
+    progress,
+    use_channels_last,
+)
+
+log = logging.getLogger(__name__)
+
+
+def check(cfg: DictConfig) -> None:
+    ds = cfg.dataset
+    channels, size, classes = dataset_shape(ds.name, image_size=ds.image_size,
+                                            **ds.get("options", {}))
+    model = model_from_config(cfg, channels, classes, size)
+    try:  # shapes must work for this image size (meta tensors: no compute)
+        model(torch.empty(2, channels, size, size))
+    except (ValueError, RuntimeError) as e:
+        raise UserError(
+            f"model '{cfg.model.name}' with norm '{cfg.norm.name}' cannot take {size} px images "
+            f"({' '.join(str(e).split())})"
+        ) from None
+    optimizer_from_config(cfg, model.parameters())
+
+
+@torch.no_grad()
+def evaluate(model, test_batches, amp) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over every test image (not a mean of batch means)."""
+    model.eval()
+    sums = torch.zeros(2, device=test_batches.images.device)
+    for x, y in test_batches:
+        with amp:
+            out = model(x)
+        sums += torch.stack((F.cross_entropy(out.float(), y, reduction="sum"),
+                             (out.argmax(1) == y).sum().float()))
+    loss, correct = sums.tolist()
+    n = len(test_batches.labels)
+    return loss / n, correct / n
+
+
+def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
+    model = model_from_config(cfg, data.channels, data.num_classes, data.image_size).to(device)
+    if use_channels_last(cfg):
+        model = model.to(memory_format=torch.channels_last)
+    opt = optimizer_from_config(cfg, model.parameters())
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train, test = batches(cfg, data, device, gen)
+    amp = autocast(cfg, device)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        sums = torch.zeros(2, device=device)  # loss * n, correct
+        t0 = time.perf_counter()
+        for x, y in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
+            with amp:
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack((loss.detach() * len(y), (out.detach().argmax(1) == y).sum()))
+        loss_sum, correct = sums.tolist()  # the one host sync of the epoch
+        train_time = time.perf_counter() - t0
+        n = len(train) * train.batch_size
+        t1 = time.perf_counter()
+        test_loss, test_acc = evaluate(model, test, amp)
+        log_epoch(epoch, {
+            ("train", "loss"): loss_sum / n, ("train", "acc"): correct / n,
+            ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
+            ("test", "loss"): test_loss, ("test", "acc"): test_acc,
+            ("test", "time_s"): time.perf_counter() - t1,
+        })

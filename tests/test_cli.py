@@ -1,0 +1,58 @@
+"""Bad input at the command line: one line naming the value and what is allowed, a non-zero exit,
+no traceback, and nothing written to the database (a real subprocess each time)."""
+
+import shutil
+
+import pytest
+from conftest import query
+
+CASES = [
+    (["norm=batchnorm"], "unknown norm 'batchnorm' (allowed: bn, gn, in, ln, none)"),
+    (["-m", "norm=bn,foo"], "unknown norm 'foo' (allowed: bn, gn, in, ln, none)"),
+    (["task=regress"], "unknown task 'regress' (allowed: classify)"),
+    (["dataset=svhn"], "unknown dataset 'svhn' (allowed: cifar10, digits, fashion_mnist,"),
+    (["model=vgg"], "unknown model 'vgg' (allowed: cnn4, convnet, resnet18)"),
+    (["bs=0"], "bs=0 is not a positive integer"),
+    (["bs=-4"], "bs=-4 is not a positive integer"),
+    (["bs=abc"], "bs='abc' is not a positive integer"),
+    (["lr=0"], "lr=0 is not a positive number"),
+    (["lr=-0.1"], "lr=-0.1 is not a positive number"),
+    (["epochs=0"], "epochs=0 is not a positive integer"),
+    (["norm=gn", "norm.groups=3"], "norm.groups=3 does not divide a layer's 32 channels "
+                                   "(allowed here: 1, 2, 4, 8, 16, 32)"),
+    (["norm=bn", "norm.groups=4"], "unknown setting 'norm.groups' with norm=bn (allowed in norm:"),
+    (["bs=2000"], "bs=2000 is larger than the 1437 training images of 'digits' (allowed: 1..1437)"),
+    (["dataset=cifar10", "dataset.download=false"],
+     "dataset 'cifar10' not found in "),
+    (["dataset=mnist"], "put train-images-idx3-ubyte.gz"),
+    (["-m", "bs=2,0"], "bs=0 is not a positive integer [job: bs=0"),
+    (["-m", "norm=bn,gn", "norm.groups=4"], "unknown setting 'norm.groups' with norm=bn"),
+    (["device=cuda:7"], "device 'cuda:7'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(bench, tmp_path, one_run_db, args,
+                                                         message):
+    # A database that already holds a run: the bad command must leave it as it was.
+    shutil.copy(one_run_db, tmp_path / "bench.db")
+    before = query(tmp_path / "bench.db", "select * from runs")
+    assert len(before) == 1
+    proc = bench(*args) if any(a.startswith("epochs=") for a in args) else bench(*args, "epochs=1")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert query(tmp_path / "bench.db", "select * from runs") == before
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("foo://x", "cannot open results database 'foo://x'"),
+    ("sqlite:////proc/no/such/dir.db", "cannot open results database 'sqlite:////proc/no/such"),
+])
+def test_database_that_cannot_be_opened(bench, tmp_path, url, message):
+    proc = bench("epochs=1", f"db.url={url}")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

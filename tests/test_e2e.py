@@ -1,0 +1,165 @@
+"""The whole spine, as a user runs it: Hydra multirun -> training -> a real SQLite file."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import query
+
+METRICS = {("train", "loss"), ("train", "acc"), ("train", "time_s"), ("train", "images_per_s"),
+           ("test", "loss"), ("test", "acc"), ("test", "time_s")}
+GRID = ["-m", "norm=bn,gn,none", "bs=2,128", "dataset=digits", "epochs=1"]
+
+
+def check_six_completed_runs(db: Path):
+    runs = query(db, "select id, norm, bs, status, epochs_done, error from runs order by norm, bs")
+    assert [(r[1], r[2], r[3], r[4], r[5]) for r in runs] == [
+        (n, b, "completed", 1, None) for n in ("bn", "gn", "none") for b in (2, 128)]
+    for (run_id, *_rest) in runs:
+        rows = query(db, "select split, name, value from metrics where run_id=? and epoch=1", run_id)
+        assert {(s, n) for s, n, _ in rows} == METRICS
+        assert all(v is not None for *_, v in rows)
+        acc = dict(((s, n), v) for s, n, v in rows)[("test", "acc")]
+        assert 0.0 <= acc <= 1.0
+
+
+def test_multirun_writes_every_run_with_its_metrics(bench, tmp_path):
+    proc = bench(*GRID, "dataset.train_subset=400", check_rc=0)
+    check_six_completed_runs(tmp_path / "bench.db")
+    assert "checked 6 jobs" in proc.stdout + proc.stderr
+
+
+def test_joblib_launcher_with_two_jobs_loses_nothing(bench, tmp_path):
+    bench(*GRID, "dataset.train_subset=400", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+          check_rc=0)
+    check_six_completed_runs(tmp_path / "bench.db")
+    pids = query(tmp_path / "bench.db", "select distinct pid from runs")
+    assert len(pids) == 2  # really two worker processes writing one file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
+def test_the_issue_command_on_full_digits(bench, tmp_path, launcher):
+    bench(*GRID, *launcher, check_rc=0)
+    check_six_completed_runs(tmp_path / "bench.db")
+
+
+def test_divergence_ends_that_run_and_the_sweep_goes_on(bench, tmp_path):
+    bench("-m", "optim=sgd", "norm=none", "lr=1e12,0.01", "epochs=2", "bs=64",
+          "dataset.train_subset=256", check_rc=0)
+    runs = dict(query(tmp_path / "bench.db", "select lr, status from runs"))
+    assert runs == {1e12: "diverged", 0.01: "completed"}
+    (error, done), = query(tmp_path / "bench.db",
+                           "select error, epochs_done from runs where status='diverged'")
+    assert "train loss became" in error and "at epoch 1" in error
+    # The epoch that diverged is stored; its NaN loss is NULL (SQLite has no NaN) or inf.
+    (loss,), = query(tmp_path / "bench.db", "select value from metrics m join runs r "
+                     "on r.id=m.run_id where r.status='diverged' and split='train' and name='loss'")
+    assert loss is None or loss in (float("inf"), float("-inf"))
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(bench, tmp_path):
+    args = ["-m", "seed=0,0,1", "resume=false", "epochs=2", "bs=32", "dataset.train_subset=256",
+            "dataset.augment.flip=true", "dataset.augment.shift=2", "threads=1"]
+    bench(*args, check_rc=0)
+    rows = query(tmp_path / "bench.db", "select r.id, r.seed, m.epoch, m.split, m.name, m.value "
+                 "from metrics m join runs r on r.id = m.run_id where m.name in ('loss', 'acc')")
+    by_run = {}
+    for run_id, seed, *key, value in rows:
+        by_run.setdefault((run_id, seed), {})[tuple(key)] = value
+    (a, _), (b, _), (c, _) = sorted(by_run)
+    assert by_run[(a, 0)] == by_run[(b, 0)]
+    assert by_run[(a, 0)] != by_run[(c, 1)]
+
+
+def test_resume_skips_a_completed_config(bench, tmp_path):
+    args = ["epochs=1", "bs=128", "dataset.train_subset=256"]
+    bench(*args, check_rc=0)
+    proc = bench(*args, check_rc=0)
+    assert "already completed" in proc.stdout + proc.stderr
+    assert query(tmp_path / "bench.db", "select count(*) from runs") == [(1,)]
+    bench(*args, "resume=false", check_rc=0)
+    assert query(tmp_path / "bench.db", "select count(*) from runs") == [(2,)]
+
+
+def start_long_run(tmp_path):
+    env = {**os.environ, "NORMBENCH_DATA": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", "epochs=500", "bs=64", "dataset.train_subset=256",
+         "threads=1", f"db.url=sqlite:///{tmp_path / 'bench.db'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if query(tmp_path / "bench.db", "select epochs_done from runs")[0][0] >= 1:
+                return proc
+        except Exception:  # the file or table may not exist yet
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the run never finished an epoch")
+
+
+def test_sigterm_marks_the_run_failed_and_keeps_its_metrics(tmp_path):
+    proc = start_long_run(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    (status, error, ended, done), = query(tmp_path / "bench.db",
+                                          "select status, error, ended_at, epochs_done from runs")
+    assert status == "failed" and "SIGTERM" in error and ended is not None
+    n = query(tmp_path / "bench.db", "select count(distinct epoch) from metrics")[0][0]
+    assert n >= done >= 1
+
+
+def test_sigkilled_run_is_marked_failed_by_the_next_sweep(bench, tmp_path):
+    proc = start_long_run(tmp_path)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert query(tmp_path / "bench.db", "select status from runs") == [("running",)]
+    bench("-m", "epochs=1", "bs=128", "dataset.train_subset=256", check_rc=0)
+    rows = query(tmp_path / "bench.db", "select status, error from runs order by id")
+    assert rows[0][0] == "failed" and "ended without finishing" in rows[0][1]
+    assert rows[1][0] == "completed"
+
+
+def test_a_crashing_job_is_failed_and_the_other_jobs_still_run(tmp_path, monkeypatch):
+    """Hydra's real sweeper and launcher in this process, with one job made to crash."""
+    import runners.classify
+    from bench import run
+
+    real_run = runners.classify.run
+
+    def crash_at_bs_64(cfg, data, device, log_epoch):
+        if cfg.bs == 64:
+            log_epoch(1, {("train", "loss"): 1.0})
+            raise RuntimeError("simulated crash\nwith a second line")
+        return real_run(cfg, data, device, log_epoch)
+
+    monkeypatch.setattr(runners.classify, "run", crash_at_bs_64)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(sys, "argv", ["bench.run", "-m", "bs=32,64,128", "epochs=1",
+                                      "dataset.train_subset=256", "threads=1",
+                                      f"db.url=sqlite:///{tmp_path / 'bench.db'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    assert exit_info.value.code == 1  # Hydra ends a sweep with a failed job with exit code 1
+    rows = query(tmp_path / "bench.db", "select bs, status, error from runs order by bs")
+    assert rows == [(32, "completed", None),
+                    (64, "failed", "RuntimeError: simulated crash with a second line"),
+                    (128, "completed", None)]
+    assert query(tmp_path / "bench.db", "select count(*) from metrics m join runs r "
+                 "on r.id = m.run_id where r.bs = 64") == [(1,)]
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (make data)")
+def test_fashion_mnist_learns_well_above_chance_in_one_epoch(bench, tmp_path):
+    bench("dataset=fashion_mnist", "epochs=1", "bs=128", "lr=1e-3", "threads=2", check_rc=0)
+    (acc,), = query(tmp_path / "bench.db",
+                    "select value from metrics where split='test' and name='acc'")
+    assert acc > 0.75  # chance is 0.10
