@@ -13,6 +13,8 @@ import logging
 import math
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -33,6 +35,20 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum, frame):
     raise Terminated("terminated by SIGTERM")
+
+
+@contextmanager
+def sigterm_as_exception():
+    """Within the block, SIGTERM raises `Terminated` (only possible in the main thread: with
+    joblib's threading backend the job runs elsewhere and keeps the default handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(e: BaseException) -> str:
@@ -59,9 +75,8 @@ def open_results(url: str):
 def run_job(cfg: DictConfig) -> int | None:
     """Train the run `cfg` describes; return its row id (None when skipped as already done)."""
     from bench.data import load_dataset
-    from bench.runtime import config_hash, pick_device, seed_everything, set_threads
+    from bench.runtime import pick_device, seed_everything, set_threads
     from bench.validate import check_config
-    from runners import RUNNERS
 
     check_config(cfg)
     device = pick_device(cfg.device)
@@ -71,7 +86,16 @@ def run_job(cfg: DictConfig) -> int | None:
     data = load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
                         train_subset=ds.train_subset, test_subset=ds.test_subset,
                         **ds.get("options", {}))
-    db = open_results(cfg.db.url)
+    with open_results(cfg.db.url) as db:
+        return _record_run(cfg, data, device, threads, db)
+
+
+def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
+    """Steps 2-4 of a job's life (see the module docstring) for a checked config and its data."""
+    from bench.runtime import config_hash
+    from runners import RUNNERS
+
+    ds = cfg.dataset
     config = OmegaConf.to_container(cfg, resolve=True)
     digest = config_hash(config)
     if cfg.resume and (done := db.find_completed(digest)) is not None:
@@ -97,9 +121,9 @@ def run_job(cfg: DictConfig) -> int | None:
             if name.endswith("loss") and not math.isfinite(v):
                 raise Diverged(f"{split} {name} became {v} at epoch {epoch}")
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        RUNNERS[cfg.task.name].run(cfg, data, device, log_epoch)
+        with sigterm_as_exception():
+            RUNNERS[cfg.task.name].run(cfg, data, device, log_epoch)
     except Diverged as e:
         db.finish(run_id, "diverged", str(e))
         log.warning("run %d diverged: %s", run_id, e)
@@ -108,8 +132,6 @@ def run_job(cfg: DictConfig) -> int | None:
         db.finish(run_id, "failed", one_line(e))
         log.error("run %d failed: %s", run_id, one_line(e))
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     db.finish(run_id, "completed")
     return run_id
 
@@ -120,7 +142,7 @@ def fail(e: UserError):
 
 
 # An absolute path: a relative one is resolved as a Python module when bench.run is imported
-# rather than run as __main__ (tests, `bench` console script).
+# rather than run as __main__ (as the tests do).
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     try:

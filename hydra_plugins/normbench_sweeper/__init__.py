@@ -24,7 +24,8 @@ class ValidatingSweeper(BasicSweeper):
         from bench.run import fail, open_results
         from bench.validate import check_config
 
-        super().validate_batch_is_legal(batch)  # composition errors, as Hydra reports them
+        # Composing each job is what Hydra's own check does; a composition error propagates from
+        # here exactly as it would from there.
         loader = self.hydra_context.config_loader
         datasets, urls = {}, set()
         try:
