@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bench.errors import UserError
 from db.schema import Base
+from db.views import create_views
 
 KINDS = "use sqlite:///path.db or postgresql://..."
 BUSY_TIMEOUT_S = 30  # how long a writer waits for the lock; 8 writers never came close
@@ -107,6 +108,7 @@ def open_engine(url: str) -> Engine:
             if kind == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK})
             Base.metadata.create_all(conn)
+            create_views(conn)  # convenience views and the analysis' indexes (db/views.py)
     except (DBAPIError, engine.dialect.loaded_dbapi.Error) as e:
         engine.dispose()
         raise cannot(_one_line(e)) from None

@@ -1,0 +1,144 @@
+"""The report's tables as display strings: seed 003's per-norm blocks, seed 000's comparisons.
+
+A `Table` holds strings and a bold mask; `analysis.formats` writes it as Markdown, LaTeX or
+HTML. The numbers behind the strings go to CSV unformatted (`report.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analysis import stats
+from analysis.cells import fmt_value
+
+
+@dataclass
+class Table:
+    name: str                 # file stem, e.g. 'classify-digits-convnet_final'
+    title: str
+    data: pd.DataFrame        # display strings
+    bold: pd.DataFrame        # same shape, True where the value is the best of its block
+    block: str | None = None  # a column of `data` whose values split the table into blocks
+    note: str = ""
+
+
+def fmt_mean_std(mean: float, std: float, n: int) -> str:
+    """'0.912 ± 0.012 (3)': the std to 2 significant digits, the mean to the same decimals.
+
+    One value: '0.9123 ± n/a (1)', never '± 0'. No value: '–'.
+    """
+    if n == 0 or mean != mean:
+        return "–"
+    if std != std or math.isinf(std) or math.isinf(mean):
+        return f"{mean:.4g} ± n/a ({n})"
+    if std == 0:
+        return f"{mean:.4g} ± 0 ({n})"
+    decimals = min(8, max(0, 1 - math.floor(math.log10(std))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f} ({n})"
+
+
+def fmt_p(p: float, mark: str) -> str:
+    if p != p:
+        return mark
+    shown = "<1e-4" if p < 1e-4 else f"{p:.2g}"
+    return f"{shown} {mark}"
+
+
+def metric_label(split: str, name: str) -> str:
+    return f"{split} {name}"
+
+
+def _best_mask(means: pd.Series, blocks: pd.Series, direction: str | None) -> pd.Series:
+    if direction is None:
+        return pd.Series(False, index=means.index)
+    grouped = means.groupby(blocks, sort=False)
+    best, count = grouped.transform(direction), grouped.transform("count")
+    return means.notna() & (means == best) & (count > 1)  # one row per block: nothing to rank
+
+
+def final_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFrame,
+                excluded: pd.DataFrame, row_keys: list[str], metrics: list[tuple[str, str]]) -> Table:
+    """Seed 003's layout: a block per norm, rows `row_keys`, a 'mean ± std (n)' column per
+    metric, the best of each block in bold, and what was not averaged.
+
+    `cells`: one row per cell (norm + row_keys), in display order; `summary`: stats.summarize
+    output with norm, row_keys, split, name; `excluded`: stats.status_counts output.
+    """
+    keys = ["norm", *row_keys]
+    data = cells[keys].map(fmt_value).reset_index(drop=True)
+    bold = pd.DataFrame(False, index=data.index, columns=data.columns)
+    for split, metric in metrics:
+        part = summary[(summary["split"] == split) & (summary["name"] == metric)]
+        rows = cells[keys].merge(part[[*keys, "mean", "std", "n"]], on=keys, how="left")
+        rows["n"] = rows["n"].fillna(0).astype(int)
+        column = metric_label(split, metric)
+        data[column] = [fmt_mean_std(m, s, n) for m, s, n in zip(rows["mean"], rows["std"], rows["n"],
+                                                                 strict=True)]
+        bold[column] = _best_mask(rows["mean"], rows["norm"], stats.better(metric)).to_numpy()
+    left = cells[keys].merge(excluded, on=keys, how="left")["excluded"].fillna("")
+    data["not averaged"] = left.to_numpy()
+    bold["not averaged"] = False
+    return Table(name, title, data, bold, block="norm",
+                 note="mean ± sample std over seeds (n completed runs); best per norm in bold "
+                      "where the direction is known; failed, diverged and running runs are "
+                      "counted in 'not averaged', never in the mean.")
+
+
+def comparison_table(name: str, title: str, comparison: pd.DataFrame, row_keys: list[str],
+                     baseline: str, alpha: float) -> Table:
+    """Seed 000's layout: each norm against the baseline per cell and metric, with Welch's test
+    and, for squared errors, the distance ratio sqrt(mse_norm) / sqrt(mse_baseline)."""
+    c = comparison.reset_index(drop=True)
+    data = pd.DataFrame({"comparison": [f"{n} vs {baseline}" for n in c["norm"]]})
+    for key in row_keys:
+        data[key] = c[key].map(fmt_value)
+    data["metric"] = [metric_label(s, n) for s, n in zip(c["split"], c["name"], strict=True)]
+    data["baseline"] = [fmt_mean_std(*v) for v in zip(c["base_mean"], c["base_std"], c["base_n"],
+                                                      strict=True)]
+    data["norm"] = [fmt_mean_std(*v) for v in zip(c["mean"], c["std"], c["n"], strict=True)]
+    data["Δ (norm − baseline)"] = [f"{d:+.3g}" if d == d else "–" for d in c["diff"]]
+    data["95% CI of Δ"] = ["–" if lo != lo else f"[{lo:+.3g}, {hi:+.3g}]"
+                           for lo, hi in zip(c["ci_low"], c["ci_high"], strict=True)]
+    data["p (Welch)"] = [fmt_p(p, m) for p, m in zip(c["p"], c["mark"], strict=True)]
+    if c["ratio"].notna().any():
+        data["distance ratio"] = ["" if r != r else f"{r:.3f}" for r in c["ratio"]]
+    bold = pd.DataFrame(False, index=data.index, columns=data.columns)
+    bold["p (Welch)"] = c["mark"].str.startswith("*").to_numpy()
+    note = (f"Welch's t-test of each norm against '{baseline}' in the same cell; * p<{alpha:g}, "
+            "** p<0.01, *** p<0.001, n.s. not significant, n<2 too few completed runs to test; "
+            "not corrected for multiple comparisons.")
+    if "distance ratio" in data:
+        note += " distance ratio = sqrt(mse_norm) / sqrt(mse_baseline) (seed 000)."
+    return Table(name, title, data, bold, block="comparison", note=note)
+
+
+def time_table(name: str, title: str, cells: pd.DataFrame, durations: pd.DataFrame,
+               per_epoch: pd.DataFrame, row_keys: list[str]) -> Table:
+    """Wall-clock seconds per completed run and per epoch, mean ± std (n) per cell."""
+    keys = ["norm", *row_keys]
+    data = cells[keys].map(fmt_value).reset_index(drop=True)
+    for column, frame in (("seconds per run", durations), ("seconds per epoch", per_epoch)):
+        rows = cells[keys].merge(frame, on=keys, how="left")
+        data[column] = [fmt_mean_std(m, s, int(n) if n == n else 0)
+                        for m, s, n in zip(rows["mean"], rows["std"], rows["n"], strict=True)]
+    bold = pd.DataFrame(False, index=data.index, columns=data.columns)
+    return Table(name, title, data, bold, block=None,
+                 note="runs.duration_s of completed runs (start to end, evaluation included).")
+
+
+def runs_table(name: str, title: str, runs: pd.DataFrame, keys: list[str], limit: int) -> Table:
+    """The listed runs (id, status, cell, seed, epochs done, error), the first `limit` of them."""
+    shown = runs.head(limit)
+    data = pd.DataFrame({"run": shown.index.astype(str), "status": shown["status"]})
+    for key in keys:
+        data[key] = shown[key].map(fmt_value)
+    data["seed"] = shown["seed"].astype(str)
+    data["epochs"] = [f"{d}/{e}" for d, e in zip(shown["epochs_done"], shown["epochs"], strict=True)]
+    data["error"] = shown["error"].fillna("").map(lambda e: e if len(e) <= 120 else e[:117] + "...")
+    data = data.reset_index(drop=True)
+    note = f"{len(runs)} runs" + (f"; the first {limit} shown, all in the CSV" if len(runs) > limit else "")
+    return Table(name, title, data, pd.DataFrame(False, index=data.index, columns=data.columns),
+                 note=note)

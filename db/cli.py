@@ -1,0 +1,219 @@
+"""`python -m db`: the results database from a terminal (runs, show, query, export).
+
+Every command opens the database read-only at the connection level and never creates it:
+SQLite through a `file:...?mode=ro` URI with `PRAGMA query_only=ON` and an authorizer that
+refuses ATTACH and setting pragmas (an attached file would be writable); PostgreSQL with
+`default_transaction_read_only=on` for the session and READ ONLY transactions. So
+`python -m db query "DELETE FROM runs"` fails inside the database, whatever the SQL says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import NullPool
+
+from bench.errors import UserError
+from db.views import FINAL_SELECT
+
+DEFAULT_URL = "sqlite:///results/bench.db"  # the training command's db.url (conf/config.yaml)
+RUN_LIST = ("id", "status", "task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs_done",
+            "epochs", "duration_s", "started_at", "error")
+# Pragmas that only report (with an argument); any other pragma may only be read, not set.
+INFO_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+                "foreign_key_list", "function_list", "pragma_list", "table_list"}
+
+
+def _authorize(action, arg1, arg2, _db, _trigger):
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and arg1.lower() not in INFO_PRAGMAS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def open_readonly(url: str) -> Engine:
+    """An engine that cannot write; a `UserError` if `url` names no existing database."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserError(f"{url!r} is not a database URL (use sqlite:///path.db or postgresql://...)") \
+            from None
+    kind = parsed.get_backend_name()
+    if kind == "sqlite":
+        path = Path(parsed.database or "")
+        if not parsed.database or parsed.database == ":memory:" or not path.is_file():
+            raise UserError(f"no results database at {str(path)!r} (pass --db URL)")
+        uri = path.resolve().as_uri() + "?mode=ro"
+
+        def connect():
+            conn = sqlite3.connect(uri, uri=True, timeout=30)
+            conn.execute("PRAGMA query_only=ON")
+            conn.set_authorizer(_authorize)
+            return conn
+
+        return create_engine("sqlite://", creator=connect, poolclass=NullPool)
+    if kind == "postgresql":
+        engine = create_engine(parsed, poolclass=NullPool, connect_args={
+            "connect_timeout": 10, "options": "-c default_transaction_read_only=on"})
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY"))
+        return engine
+    raise UserError(f"unknown database kind {kind!r} (use sqlite:///path.db or postgresql://...)")
+
+
+def _where(args) -> tuple[str, dict]:
+    terms, params = ["1 = 1"], {}
+    for column in ("status", "task", "dataset", "model", "norm"):
+        values = [v for item in getattr(args, column, None) or [] for v in item.split(",") if v]
+        if values:
+            names = [f"{column}{i}" for i in range(len(values))]
+            terms.append(f"r.{column} IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, values, strict=True))
+    return " AND ".join(terms), params
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return " ".join(str(v).split())
+
+
+def print_table(columns, rows, out) -> None:
+    """Columns aligned to their widest value; long text cut at 60 characters."""
+    cells = [[_fmt(v)[:60] for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    for row in [list(columns), *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def cmd_runs(args, conn, out) -> None:
+    where, params = _where(args)
+    limit = f" LIMIT {int(args.limit)}" if args.limit > 0 else ""
+    sql = f"SELECT {', '.join(RUN_LIST)} FROM runs AS r WHERE {where} ORDER BY id DESC{limit}"
+    rows = conn.execute(text(sql), params).all()[::-1]
+    total = conn.execute(text(f"SELECT COUNT(*) FROM runs AS r WHERE {where}"), params).scalar()
+    print_table(RUN_LIST, rows, out)
+    print(f"{len(rows)} of {total} matching runs" + (" (--limit 0 for all)" if len(rows) < total else ""),
+          file=out)
+
+
+def cmd_show(args, conn, out) -> None:
+    run = conn.execute(text("SELECT * FROM runs WHERE id = :id"), {"id": args.run_id}).mappings().first()
+    if run is None:
+        raise UserError(f"no run with id {args.run_id}")
+    for key, value in run.items():
+        if key != "config":
+            print(f"{key:<14}{_fmt(value)}", file=out)
+    config = run["config"] if isinstance(run["config"], dict) else json.loads(run["config"])
+    print("config\n  " + json.dumps(config, indent=2).replace("\n", "\n  "), file=out)
+    metrics = conn.execute(text("SELECT epoch, split, name, value FROM metrics WHERE run_id = :id "
+                                "ORDER BY epoch, split, name"), {"id": args.run_id}).all()
+    names = sorted({(s, n) for _, s, n, _ in metrics}, key=lambda p: (p[0] != "test", p))
+    table: dict[int, dict] = {}
+    for epoch, split, name, value in metrics:
+        table.setdefault(epoch, {})[(split, name)] = float("nan") if value is None else value
+    print(f"\nmetrics ({len(metrics)} values; nan = NULL)", file=out)
+    print_table(["epoch", *(f"{s}/{n}" for s, n in names)],
+                [[e, *(row.get(p, "") for p in names)] for e, row in table.items()], out)
+
+
+def cmd_query(args, conn, out) -> None:
+    result = conn.exec_driver_sql(args.sql)
+    if not result.returns_rows:
+        print("(no rows)", file=out)
+        return
+    if args.csv:
+        writer = csv.writer(out)
+        writer.writerow(result.keys())
+        writer.writerows(result)
+    else:
+        print_table(list(result.keys()), result.all(), out)
+
+
+EXPORTS = {
+    "runs": "SELECT r.* FROM runs AS r WHERE {where} ORDER BY r.id",
+    "metrics": "SELECT m.* FROM metrics AS m JOIN runs AS r ON r.id = m.run_id WHERE {where} "
+               "ORDER BY m.run_id, m.epoch, m.split, m.name",
+    # The view's SELECT rather than the view: works on a database written before views existed.
+    "final": "SELECT f.* FROM (" + FINAL_SELECT + ") AS f JOIN runs AS r ON r.id = f.run_id "
+             "WHERE {where} ORDER BY f.run_id, f.split, f.name",
+}
+
+
+def cmd_export(args, conn, out) -> None:
+    where, params = _where(args)
+    result = conn.execution_options(stream_results=True).execute(
+        text(EXPORTS[args.what].format(where=where)), params)
+    target = open(args.out, "w", newline="", encoding="utf-8") if args.out else out  # noqa: SIM115
+    try:
+        writer = csv.writer(target)
+        writer.writerow(result.keys())
+        for row in result:
+            writer.writerow(json.dumps(v) if isinstance(v, dict) else v for v in row)
+    finally:
+        if args.out:
+            target.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=DEFAULT_URL, help="database URL (default: %(default)s)")
+    filters = argparse.ArgumentParser(add_help=False)
+    for column in ("status", "task", "dataset", "model", "norm"):
+        filters.add_argument(f"--{column}", action="append", metavar="NAME",
+                             help=f"only runs with this {column} (repeat or comma-separate)")
+    p = argparse.ArgumentParser(prog="python -m db", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runs = sub.add_parser("runs", parents=[common, filters], help="list runs, newest last")
+    runs.add_argument("--limit", type=int, default=50, help="newest N runs; 0 for all (default: 50)")
+    show = sub.add_parser("show", parents=[common], help="one run: its columns, config and metrics")
+    show.add_argument("run_id", type=int, metavar="RUN_ID")
+    query = sub.add_parser("query", parents=[common], help="run one read-only SQL statement")
+    query.add_argument("sql", metavar="SQL")
+    query.add_argument("--csv", action="store_true", help="CSV instead of aligned columns")
+    export = sub.add_parser("export", parents=[common, filters], help="CSV of runs, metrics or final metrics")
+    export.add_argument("what", choices=sorted(EXPORTS), help="runs, metrics (every epoch) or final "
+                        "(each metric's last epoch, as the run_final view)")
+    export.add_argument("--out", "-o", metavar="FILE", help="write here instead of standard output")
+    return p
+
+
+COMMANDS = {"runs": cmd_runs, "show": cmd_show, "query": cmd_query, "export": cmd_export}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(getattr(e, "orig", None) or e).split())
+
+
+def main(argv=None, out=None) -> int:
+    args = parser().parse_args(argv)
+    out = out or sys.stdout
+    try:
+        engine = open_readonly(args.db)
+        with engine.connect() as conn:
+            COMMANDS[args.command](args, conn, out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except DBAPIError as e:
+        why = _one_line(e)
+        if any(s in why for s in ("readonly", "read-only", "not authorized")):
+            why = f"the database is opened read-only and was not changed ({why})"
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): db/__main__.py exits quietly
+    except OSError as e:  # --out in a missing directory, ...
+        print(f"error: {e.strerror or e}: {getattr(e, 'filename', '')}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,216 @@
+"""The analysis against independent references: Python's statistics module on the inserted values,
+scipy's own Welch test on raw values, and the numbers printed in seed 000."""
+
+import math
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from analysis import cells, report, stats
+from analysis.formats import latex_escape, to_latex, to_markdown
+from analysis.tables import Table, fmt_mean_std
+from db import ResultsDB
+
+BASE = dict(task="classify", dataset="digits", model="convnet", lr=1e-3, epochs=2)
+
+
+def add_run(db: ResultsDB, final: dict, *, norm="bn", bs=32, seed=0, status="completed",
+            config=None, first: dict | None = None, **run) -> int:
+    """A run with two epochs: `first` (default: final values + 1) then `final` {(split, name): v}."""
+    spec = {**BASE, **run}
+    cfg = {"task": {"name": spec["task"]}, "dataset": {"name": spec["dataset"]},
+           "model": {"name": spec["model"]}, "norm": {"name": norm}, "bs": bs, "lr": spec["lr"],
+           "seed": seed, "epochs": spec["epochs"], "threads": 1, "db": {"url": f"x{seed}"},
+           **(config or {})}
+    run_id = db.start_run(norm=norm, bs=bs, seed=seed, config=cfg, config_hash=f"{norm}{bs}{seed}",
+                          **spec)
+    db.log_epoch(run_id, 1, first or {k: v + 1 for k, v in final.items()})
+    db.log_epoch(run_id, 2, final)
+    if status != "running":
+        db.finish(run_id, status, None if status == "completed" else f"{status} on purpose")
+    return run_id
+
+
+def run_report(tmp_path, db_path, *args) -> tuple[int, str]:
+    out = tmp_path / "report"
+    rc = report.main(["--db", f"sqlite:///{db_path}", "--out", str(out), *args])
+    return rc, out
+
+
+# Final values per (norm, bs): three seeds, chosen so every std lies in [0.01, 0.1) and is shown
+# with 3 decimals.
+ACC = {("none", 8): [0.50, 0.53, 0.58], ("none", 128): [0.61, 0.60, 0.65],
+       ("bn", 8): [0.70, 0.74, 0.69], ("bn", 128): [0.81, 0.79, 0.83]}
+
+
+@pytest.fixture
+def grid_db(tmp_path):
+    path = tmp_path / "grid.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        for (norm, bs), accs in ACC.items():
+            for seed, acc in enumerate(accs):
+                add_run(db, {("test", "acc"): acc, ("test", "loss"): 2 - acc, ("train", "loss"): 1 - acc},
+                        norm=norm, bs=bs, seed=seed)
+    return path
+
+
+def test_table_numbers_equal_statistics_of_the_raw_rows(tmp_path, grid_db):
+    rc, out = run_report(tmp_path, grid_db)
+    assert rc == 0
+    csv = pd.read_csv(out / "tables" / "final_metrics.csv")
+    md = (out / "tables" / "classify-digits-convnet_final.md").read_text()
+    for (norm, bs), accs in ACC.items():
+        row = csv[(csv.norm == norm) & (csv.bs == bs) & (csv.split == "test") & (csv.name == "acc")]
+        mean, std = statistics.mean(accs), statistics.stdev(accs)
+        assert row["mean"].item() == pytest.approx(mean, abs=1e-12)
+        assert row["std"].item() == pytest.approx(std, abs=1e-12)
+        assert row["n"].item() == 3
+        assert 0.01 <= std < 0.1
+        assert f"{mean:.3f} ± {std:.3f} (3)" in md
+    # The best accuracy per norm block is bolded: bs 128 for both norms here.
+    assert f"**{statistics.mean(ACC['bn', 128]):.3f} ± " in md
+    assert f"**{statistics.mean(ACC['bn', 8]):.3f} ± " not in md
+
+
+def test_mixed_statuses_are_counted_and_listed_never_averaged(tmp_path):
+    path = tmp_path / "mixed.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        for seed, acc in enumerate([0.6, 0.7]):
+            add_run(db, {("test", "acc"): acc}, seed=seed)
+        bad = [add_run(db, {("test", "acc"): 0.1}, seed=2, status="diverged"),
+               add_run(db, {("test", "acc"): 0.0}, seed=3, status="failed"),
+               add_run(db, {("test", "acc"): 0.05}, seed=4, status="running")]
+        add_run(db, {("test", "acc"): 0.2}, norm="none", seed=0, status="failed")  # a cell of none
+    rc, out = run_report(tmp_path, path)
+    assert rc == 0
+    csv = pd.read_csv(out / "tables" / "final_metrics.csv")
+    [row] = csv[(csv.norm == "bn") & (csv.name == "acc")].itertuples()
+    assert (row.mean, row.n) == (pytest.approx(statistics.mean([0.6, 0.7])), 2)
+    assert row.excluded == "1 diverged, 1 failed, 1 running"
+    md = (out / "tables" / "classify-digits-convnet_final.md").read_text()
+    assert "1 diverged, 1 failed, 1 running" in md and "| 32 | 0.001 | – | 1 failed |" in md
+    assert "No comparison with the baseline 'none'" in (out / "report.md").read_text()
+    listed = pd.read_csv(out / "tables" / "runs_not_averaged.csv")
+    assert sorted(listed["run_id"]) == sorted([*bad, 6])
+    html = (out / "index.html").read_text()
+    assert "Runs not averaged" in html and "diverged on purpose" in html
+
+
+def test_one_seed_per_cell_shows_std_as_not_available(tmp_path):
+    path = tmp_path / "one.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        add_run(db, {("test", "acc"): 0.5}, norm="none")
+        add_run(db, {("test", "acc"): 0.75}, norm="bn")
+    rc, out = run_report(tmp_path, path)
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    assert "0.75 ± n/a (1)" in md and "± 0 " not in md
+    assert "n<2" in md  # Welch's test needs two runs per side
+    assert fmt_mean_std(0.75, float("nan"), 1) == "0.75 ± n/a (1)"
+
+
+def test_empty_database_and_unmatched_filter_exit_with_one_line(tmp_path, grid_db, capsys):
+    empty = tmp_path / "empty.db"
+    ResultsDB(f"sqlite:///{empty}").close()
+    assert run_report(tmp_path, empty)[0] == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no runs in the database") and err.count("\n") == 1
+    assert run_report(tmp_path, grid_db, "--task", "autoencode")[0] == 1
+    err = capsys.readouterr().err
+    assert "no runs match task=autoencode" in err and "classify 12" in err and err.count("\n") == 1
+    assert run_report(tmp_path, grid_db, "--where", "lr=0.5")[0] == 1
+    assert run_report(tmp_path, grid_db, "--where", "nokey=1")[0] == 1
+    missing = tmp_path / "nothing" / "here.db"
+    assert run_report(tmp_path, missing)[0] == 1
+    assert "no results database" in capsys.readouterr().err and not missing.parent.exists()
+
+
+def _settings(rows: list[dict]) -> pd.DataFrame:
+    runs = pd.DataFrame([{**BASE, "norm": r["norm"], "bs": r["bs"], "lr": r.get("lr", 1e-3),
+                          "config": r["config"]} for r in rows])
+    return cells.settings(runs)
+
+
+def test_cells_are_what_varied():
+    rows = [dict(norm=n, bs=b, config={"optim": {"name": "adam"}, "threads": t, "seed": s,
+                                       "db": {"url": f"u{s}"}, "norm": {"name": n, "eps": e}})
+            for n, e in (("bn", 1e-5), ("ln", 1e-6)) for b in (8, 128) for s, t in ((0, 1), (1, 2))]
+    table = _settings(rows)
+    # Only norm and bs varied (seed, threads and db are bookkeeping; eps follows the norm).
+    assert cells.swept(table) == list(cells.IDENTITY)
+    assert cells.fixed(table) == {"epochs": 2, "optim.name": "adam"}
+    with_sweeps = [{**r, "lr": lr, "config": {**r["config"], "model": {"width": w}}}
+                   for r in rows for lr in (1e-3, 1e-2) for w in (8, 16)]
+    table = _settings(with_sweeps)
+    assert cells.swept(table) == [*cells.IDENTITY, "model.width"]
+    assert sorted(table["lr"].unique()) == [1e-3, 1e-2]
+    # GroupNorm's groups: absent for bn, so it follows the norm until it is swept itself.
+    gn = [dict(norm="gn", bs=8, config={"norm": {"groups": g}}) for g in (4, 8)]
+    bn = [dict(norm="bn", bs=8, config={})]
+    assert cells.swept(_settings(gn[:1] + bn)) == list(cells.IDENTITY)
+    assert cells.swept(_settings(gn + bn)) == [*cells.IDENTITY, "norm.groups"]
+
+
+def test_swept_config_key_becomes_a_table_column(tmp_path):
+    path = tmp_path / "width.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        for width in (8, 16):
+            for seed in (0, 1):
+                add_run(db, {("test", "acc"): width / 100 + seed / 1000}, seed=seed,
+                        config={"model": {"name": "convnet", "width": width}})
+    rc, out = run_report(tmp_path, path)
+    assert rc == 0
+    md = (out / "tables" / "classify-digits-convnet_final.md").read_text()
+    assert "| bs | lr | model.width | test acc |" in md
+    assert "| 32 | 0.001 | 16 | **0.16050 ± 0.00071 (2)** |" in md
+
+
+def test_bookkeeping_keys_follow_the_config_hash():
+    from bench.runtime import BOOKKEEPING_KEYS  # torch is imported by conftest anyway
+
+    assert set(BOOKKEEPING_KEYS) <= set(cells.BOOKKEEPING_ROOTS)
+
+
+def test_welch_matches_scipy_on_raw_values():
+    rng = np.random.default_rng(0)
+    clear = (rng.normal(0.50, 0.01, 4), rng.normal(0.60, 0.02, 3))  # far apart
+    noise = (rng.normal(0.50, 0.05, 3), rng.normal(0.51, 0.05, 3))  # overlapping
+    for (a, b), significant in ((clear, True), (noise, False)):
+        ref = scipy_stats.ttest_ind(b, a, equal_var=False)
+        ci = ref.confidence_interval(0.95)
+        got = stats.welch(a.mean(), a.std(ddof=1), len(a), b.mean(), b.std(ddof=1), len(b)).iloc[0]
+        assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert (got["ci_low"], got["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+        assert (ref.pvalue < 0.05) == significant
+        summary = pd.DataFrame([dict(norm=n, bs=8, split="test", name="acc", mean=v.mean(),
+                                     std=v.std(ddof=1), n=len(v)) for n, v in (("none", a), ("bn", b))])
+        [row] = stats.compare(summary, ["norm", "bs"], "none").itertuples()
+        assert row.mark.startswith("*") if significant else row.mark == "n.s."
+    assert stats.mark(float("nan"), 1, 3) == "n<2"
+
+
+def test_distance_ratio_is_seed_000s_number():
+    # seed 000: math.sqrt(0.007543) / math.sqrt(0.005948) = 1.1261249325984088 (BN over none)
+    assert stats.distance_ratio(0.007543, 0.005948) == pytest.approx(1.1261249325984088, rel=1e-12)
+    assert stats.distance_ratio(np.array([4.0, 1.0]), np.array([1.0, 4.0])).tolist() == [2.0, 0.5]
+
+
+def test_directions_and_formats():
+    assert (stats.better("acc"), stats.better("mse"), stats.better("images_per_s")) == ("max", "min", "max")
+    assert stats.better("uniformity") is None and stats.is_timing("time_s")
+    assert fmt_mean_std(0.005948, 0.00012, 3) == "0.00595 ± 0.00012 (3)"
+    assert fmt_mean_std(2.78, 0.77, 3) == "2.78 ± 0.77 (3)"  # seed 003's BN at bs 2
+    assert fmt_mean_std(float("nan"), float("nan"), 0) == "–"
+    assert fmt_mean_std(1.0, 0.0, 2) == "1 ± 0 (2)"
+    data = pd.DataFrame({"norm": ["a_b", "a_b", "c"], "x": ["1 ± 2", "50%", "3|4"]})
+    bold = pd.DataFrame({"norm": [False] * 3, "x": [True, False, False]})
+    table = Table("t", "T", data, bold, block="norm")
+    tex = to_latex(table)
+    assert r"a\_b & \textbf{1 $\pm$ 2} \\" in tex and r"50\%" in tex and tex.count(r"\midrule") == 2
+    md = to_markdown(table)
+    assert "**norm = a_b**" in md and "| **1 ± 2** |" in md and "3\\|4" in md
+    assert latex_escape("#&~") == r"\#\&\textasciitilde{}"
+    assert not math.isnan(stats.distance_ratio(1.0, 1.0))
