@@ -3,12 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PYTHON ?= python3
 DB ?= results/bench.db
+REPORT ?= reports
 .DEFAULT_GOAL := help
 
-.PHONY: help install data test test-all demo lint clean
+.PHONY: help install data browser test test-all test-browser demo report report-check bench-report lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## virtualenv in .venv with the suite and its tools (idempotent)
 
@@ -27,14 +28,33 @@ data: ## offline Fashion-MNIST from Debian's dataset-fashion-mnist (needs root; 
 		&& echo "Fashion-MNIST: installed in /usr/share/datasets/fashion-mnist"; \
 	else echo "Fashion-MNIST: run 'sudo apt-get install dataset-fashion-mnist' (optional)"; fi
 
+browser: ## Debian's Chromium, for the report's browser check (needs root; optional)
+	@if command -v chromium >/dev/null; then echo "Chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null && echo "Chromium: installed"; \
+	else echo "Chromium: run 'sudo apt-get install chromium' (optional)"; fi
+
 test: install ## the fast tests (under 10 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" -n 2 -q
 
 test-all: install ## every test, the slow ones too
 	$(PY) -m pytest -n 2 -q
 
-demo: install ## a small real sweep on the offline digits dataset, written to results/bench.db
+test-browser: install ## the report rendered in headless Chromium (skipped without /usr/bin/chromium)
+	$(PY) -m pytest -m slow -q tests/test_report.py -k chromium
+
+demo: install ## a small real sweep on the offline digits dataset into results/bench.db, then its report
 	$(PY) -m bench.run -m experiment=demo db.url=sqlite:///$(DB)
+	$(MAKE) --no-print-directory report
+
+report: install ## tables, figures and reports/index.html from results/bench.db (DB=, REPORT= to change)
+	$(PY) -m analysis.report --db sqlite:///$(DB) --out $(REPORT)
+
+report-check: report ## open reports/index.html in headless Chromium; fails if it looks blank
+	$(PY) -m analysis.browser_check $(REPORT)/index.html
+
+bench-report: install ## time the report on 5,000 synthetic runs (2 M metric rows; target < 60 s)
+	$(PY) -m analysis.benchmark
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
