@@ -101,6 +101,9 @@ def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
     if cfg.resume and (done := db.find_completed(digest)) is not None:
         log.info("skipped: run %d already completed this config (resume=false to run again)", done)
         return None
+    prepare = getattr(RUNNERS[cfg.task.name], "prepare", None)
+    if prepare is not None:  # e.g. the GAN metrics' classifier: if it fails, no run is written
+        prepare(cfg, data, device)
     try:
         out_dir = HydraConfig.get().runtime.output_dir
     except ValueError:
@@ -113,8 +116,10 @@ def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
              cfg.task.name, ds.name, cfg.model.name, cfg.norm.name, cfg.bs, cfg.lr, cfg.seed,
              device, threads)
 
-    def log_epoch(epoch: int, metrics: dict) -> None:
+    def log_epoch(epoch: int, metrics: dict, artifacts: dict[str, str] | None = None) -> None:
         db.log_epoch(run_id, epoch, metrics)
+        for kind, path in (artifacts or {}).items():
+            db.add_artifact(run_id, kind, path)
         log.info("run %d epoch %d/%d  %s", run_id, epoch, cfg.epochs, "  ".join(
             f"{s}/{n} {v:.4g}" for (s, n), v in metrics.items()))
         for (split, name), v in metrics.items():

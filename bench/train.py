@@ -43,10 +43,16 @@ def autocast(cfg: DictConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 
-def batches(cfg: DictConfig, data, device: torch.device, generator: torch.Generator):
-    """(train, test) batch iterators over the dataset moved once to `device`."""
+def batches(cfg: DictConfig, data, device: torch.device, generator: torch.Generator, *,
+            signed: bool = False):
+    """(train, test) batch iterators over the dataset moved once to `device`.
+
+    Pixels go through the dataset's mean and std, or to [-1, 1] with `signed` (the autoencoder's
+    loss and the generator's tanh are defined in that range, whatever the dataset's statistics).
+    """
     ds, cl = cfg.dataset, use_channels_last(cfg)
-    norm = {"mean": list(ds.mean), "std": list(ds.std), "channels_last": cl}
+    mean, std = ([0.5], [0.5]) if signed else (list(ds.mean), list(ds.std))
+    norm = {"mean": mean, "std": std, "channels_last": cl}
     train = DeviceBatches(data.train_x.to(device), data.train_y.to(device), cfg.bs, shuffle=True,
                           drop_last=True, flip=ds.augment.flip, shift=ds.augment.shift,
                           generator=generator, **norm)

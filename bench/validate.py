@@ -110,6 +110,12 @@ def check_config(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, key)
         if v not in allowed:
             raise UserError(f"unknown {key.split('.')[0]} '{v}' (allowed: {choices(allowed)})")
+    from bench.models import MODEL_TASKS, models_for
+
+    model, task = cfg.model.name, cfg.task.name
+    if MODEL_TASKS.get(model, task) != task:  # an unknown model is build_model's error
+        raise UserError(f"model '{model}' is a model for task {MODEL_TASKS[model]}, not {task} "
+                        f"(allowed with task={task}: {choices(models_for(task))})")
     for key in ("channels_last", "amp", "progress"):
         if cfg[key] not in ("auto", True, False):
             raise UserError(f"{key}={cfg[key]!r} is not allowed (allowed: auto, true, false)")
@@ -120,6 +126,10 @@ def check_config(cfg: DictConfig) -> None:
             f"bs={cfg.bs} is larger than the {n_train} training images of '{ds.name}' "
             f"(allowed: 1..{n_train})"
         )
+    virtual_bs = OmegaConf.select(cfg, "norm.virtual_bs")
+    if virtual_bs is not None and virtual_bs > cfg.bs:
+        raise UserError(f"norm.virtual_bs={virtual_bs} is larger than bs={cfg.bs} "
+                        f"(allowed: 1..{cfg.bs})")
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

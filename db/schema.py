@@ -41,6 +41,11 @@ Table ``metrics`` (primary key run_id, epoch, split, name: each value is written
     value         the value; NULL means NaN (SQLite cannot store NaN; we write NULL on every
                   backend so the meaning is the same). +inf and -inf are stored as they are.
 
+Table ``artifacts`` (primary key run_id, kind: one file of each kind per run)
+    run_id        runs.id; deleting a run deletes its rows (not the files).
+    kind          what the file is: 'samples' (the GAN's grid of generated images, a PNG).
+    path          absolute path of the file, on the host that ran the run (`runs.host`).
+
 All times are UTC. SQLite has no time zone type: times are stored as naive UTC text
 ('2025-01-31 12:00:00.123456'); PostgreSQL stores ``timestamptz``.
 """
@@ -129,3 +134,13 @@ class Metric(Base):
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     # NULL = NaN (see the module docstring).
     value: Mapped[float | None] = mapped_column(Double)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE", name="fk_artifacts_run_id"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)

@@ -19,7 +19,7 @@ from sqlalchemy import case, insert, select, update
 
 from bench.errors import choices
 from db.engine import open_engine
-from db.schema import FINAL_STATUSES, Metric, Run
+from db.schema import FINAL_STATUSES, Artifact, Metric, Run
 
 
 @functools.cache
@@ -129,6 +129,13 @@ class ResultsDB:
                 raise ValueError(f"no run with id {run_id}")
             if rows:
                 conn.execute(insert(Metric), rows)  # one executemany: ~7 us per row
+
+    def add_artifact(self, run_id: int, kind: str, path: str) -> None:
+        """Record the file of `kind` (e.g. 'samples') run `run_id` wrote; a new path replaces it."""
+        key = (Artifact.run_id == int(run_id), Artifact.kind == str(kind))
+        with self.engine.begin() as conn:
+            if not conn.execute(update(Artifact).where(*key).values(path=str(path))).rowcount:
+                conn.execute(insert(Artifact), dict(run_id=int(run_id), kind=str(kind), path=str(path)))
 
     def finish(self, run_id: int, status: str, error: str | None = None) -> None:
         """End a run: status is 'completed', 'failed' or 'diverged'."""

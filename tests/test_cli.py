@@ -7,11 +7,14 @@ import pytest
 from conftest import query
 
 CASES = [
-    (["norm=batchnorm"], "unknown norm 'batchnorm' (allowed: bn, gn, in, ln, none)"),
-    (["-m", "norm=bn,foo"], "unknown norm 'foo' (allowed: bn, gn, in, ln, none)"),
-    (["task=regress"], "unknown task 'regress' (allowed: classify)"),
+    (["norm=batchnorm"], "unknown norm 'batchnorm' (allowed: bcn, bn, bn_affine, bn_detach,"),
+    (["-m", "norm=bn,foo"], "unknown norm 'foo' (allowed: bcn, bn, bn_affine, bn_detach,"),
+    (["norm=ghost_bn", "norm.virtual_bs=64", "bs=32"], "norm.virtual_bs=64 is larger than bs=32"),
+    (["task=regress"], "unknown task 'regress' (allowed: autoencode, classify, gan)"),
     (["dataset=svhn"], "unknown dataset 'svhn' (allowed: cifar10, digits, fashion_mnist,"),
-    (["model=vgg"], "unknown model 'vgg' (allowed: cnn4, convnet, resnet18)"),
+    (["model=vgg"], "unknown model 'vgg' (allowed: cnn4, conv_ae, convnet, dcgan_vgg, resnet18)"),
+    (["model=conv_ae"], "model 'conv_ae' is a model for task autoencode, not classify (allowed "
+                        "with task=classify: cnn4, convnet, resnet18)"),
     (["bs=0"], "bs=0 is not a positive integer"),
     (["bs=-4"], "bs=-4 is not a positive integer"),
     (["bs=abc"], "bs='abc' is not a positive integer"),

@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from bench.data import DATASETS
-from bench.models import MODELS
+from bench.models import MODEL_TASKS, MODELS
 from bench.norms import NORMS
 from bench.optim import OPTIMIZERS
 from bench.validate import CONF_DIR, check_config, group_options
@@ -28,7 +28,8 @@ def test_every_registered_name_has_a_config_file_and_back(group):
 @pytest.mark.parametrize(("group", "option"), [
     (g, o) for g in sorted(REGISTRIES) for o in group_options(g)])
 def test_every_option_composes_names_itself_and_passes_the_checks(group, option, tmp_path):
-    cfg = compose_job(f"{group}={option}", f"db.url=sqlite:///{tmp_path}/x.db")
+    task = [f"task={MODEL_TASKS[option]}"] if group == "model" else []  # a model with its task
+    cfg = compose_job(*task, f"{group}={option}", f"db.url=sqlite:///{tmp_path}/x.db")
     assert cfg[group].name == option  # the name stored in the database is the file's name
     check_config(cfg)
 
@@ -36,6 +37,8 @@ def test_every_option_composes_names_itself_and_passes_the_checks(group, option,
 def test_task_sets_its_default_model_and_the_command_line_overrides_it():
     assert compose_job().model.name == "convnet"
     assert compose_job("model=cnn4").model.name == "cnn4"
+    assert compose_job("task=autoencode").model.name == "conv_ae"
+    assert compose_job("task=gan").model.name == "dcgan_vgg"
 
 
 def test_experiment_presets_compose():

@@ -191,7 +191,7 @@ def test_open_is_idempotent_and_writes_no_rows(tmp_path):
     ResultsDB(url).close()
     ResultsDB(url).close()
     tables = _sql(tmp_path / "r.db", "SELECT name FROM sqlite_master WHERE type = 'table'")
-    assert sorted(t["name"] for t in tables) == ["metrics", "runs"]
+    assert sorted(t["name"] for t in tables) == ["artifacts", "metrics", "runs"]
     assert _sql(tmp_path / "r.db", "SELECT (SELECT count(*) FROM runs) + "
                                    "(SELECT count(*) FROM metrics) AS n") == [dict(n=0)]
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bench.errors import UserError
-from bench.models import MODELS, build_model
+from bench.models import MODELS, build_model, models_for
 from bench.models.convnet import ScaledReLU
 from bench.norms import NORMS, make_norm
 
@@ -63,9 +63,9 @@ def test_resnet18_replaces_every_batchnorm():
     assert m.fc.out_features == 10
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", models_for("classify"))  # the others: test_autoencode, test_gan
 @pytest.mark.parametrize("c,size", [(3, 32), (1, 28), (1, 32), (3, 96)])
-def test_every_model_takes_every_dataset_shape(name, c, size):
+def test_every_classifier_takes_every_dataset_shape(name, c, size):
     m = build(name, c=c, size=size)
     assert m(torch.randn(2, c, size, size)).shape == (2, 10)
 
@@ -80,7 +80,8 @@ def test_any_norm_fits_any_model(name, norm):
 
 
 def test_bad_model_name_and_setting():
-    with pytest.raises(UserError, match=r"unknown model 'vgg' \(allowed: cnn4, convnet, resnet18\)"):
+    with pytest.raises(UserError, match=r"unknown model 'vgg' \(allowed: cnn4, conv_ae, convnet, "
+                                        r"dcgan_vgg, resnet18\)"):
         build("vgg")
     with pytest.raises(UserError, match=r"unknown setting model.depth for model 'convnet'"):
         build("convnet", depth=3)
@@ -90,3 +91,11 @@ def test_group_count_checked_against_the_models_layers():
     with pytest.raises(UserError, match="does not divide"):
         build_model("cnn4", in_channels=3, num_classes=10, image_size=32,
                     norm_layer=make_norm("gn", groups=16))  # first layer has 8 channels
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln", "in"])
+def test_resnet18_takes_norms_without_affine_parameters(norm):
+    m = build_model("resnet18", in_channels=3, num_classes=10, image_size=64,
+                    norm_layer=make_norm(norm, affine=False))
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert sum(p.numel() for p in m.parameters()) == 11_181_642 - 2 * 4800  # BN affine: 4,800 channels

@@ -1,0 +1,96 @@
+"""Autoencoding (seed 000): reconstruct the image through an 8w x 1 x 1 latent, MSE loss.
+
+Pixels are in [-1, 1] whatever the dataset's mean/std (the seed's loss is defined there), so
+`dataset.mean` and `dataset.std` are not used by this task; its augmentation is (cifar10: flips
+and shifts, as in the seed). Per epoch:
+
+- train/loss = train/mse: mean squared error per pixel, averaged over the epoch's steps in train
+  mode (BN uses batch statistics), as the seed's "train_loss";
+- test/loss = test/mse: the same in eval mode, averaged over every test image (the seed averages
+  test batch means; the same number when the batches are equal). The seed's "test L2 loss";
+- train/time_s, train/images_per_s, test/time_s.
+
+`loss` and `mse` hold the same number: `loss` is every task's training objective (and what the
+divergence check watches), `mse` names what it is. The seed's distance ratio between two norms
+is `analysis.distance.distance_ratio` (sqrt(test mse a) / sqrt(test mse b)).
+"""
+
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from bench.data import dataset_shape
+from bench.errors import UserError
+from bench.train import (
+    autocast,
+    batches,
+    model_from_config,
+    optimizer_from_config,
+    progress,
+    use_channels_last,
+)
+
+
+def check(cfg: DictConfig) -> None:
+    ds = cfg.dataset
+    channels, size, classes = dataset_shape(ds.name, image_size=ds.image_size,
+                                            **ds.get("options", {}))
+    model = model_from_config(cfg, channels, classes, size)
+    try:  # meta tensors: shapes only, no compute
+        shape = tuple(model(torch.empty(2, channels, size, size)).shape)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(
+            f"model '{cfg.model.name}' with norm '{cfg.norm.name}' cannot take {size} px images "
+            f"({' '.join(str(e).split())})"
+        ) from None
+    if shape != (2, channels, size, size):
+        raise UserError(f"model '{cfg.model.name}' returns {shape[1:]} for {(channels, size, size)} "
+                        f"images: not an autoencoder")
+    optimizer_from_config(cfg, model.parameters())
+
+
+@torch.no_grad()
+def evaluate(model, test_batches, amp) -> float:
+    """Mean squared error per pixel over every test image, in eval mode."""
+    model.eval()
+    total = torch.zeros((), device=test_batches.images.device)
+    for x, _ in test_batches:
+        with amp:
+            out = model(x)
+        total += F.mse_loss(out.float(), x, reduction="sum")
+    return total.item() / test_batches.images[0].numel() / len(test_batches.images)
+
+
+def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
+    model = model_from_config(cfg, data.channels, data.num_classes, data.image_size).to(device)
+    if use_channels_last(cfg):
+        model = model.to(memory_format=torch.channels_last)
+    opt = optimizer_from_config(cfg, model.parameters())
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train, test = batches(cfg, data, device, gen, signed=True)
+    amp = autocast(cfg, device)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total = torch.zeros((), device=device)
+        t0 = time.perf_counter()
+        for x, _ in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
+            with amp:
+                out = model(x)
+            loss = F.mse_loss(out.float(), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        train_mse = total.item() / len(train)  # the one host sync of the epoch
+        train_time = time.perf_counter() - t0
+        n = len(train) * train.batch_size
+        t1 = time.perf_counter()
+        test_mse = evaluate(model, test, amp)
+        log_epoch(epoch, {
+            ("train", "loss"): train_mse, ("train", "mse"): train_mse,
+            ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
+            ("test", "loss"): test_mse, ("test", "mse"): test_mse,
+            ("test", "time_s"): time.perf_counter() - t1,
+        })
