@@ -13,9 +13,9 @@ so a ratio never mixes two experiments. Plain SQL on the `runs` and `metrics` ta
 
 from __future__ import annotations
 
-import math
-
 from sqlalchemy import Engine, create_engine, text
+
+from analysis.stats import distance_ratio as sqrt_ratio
 
 # Columns a comparison must hold fixed (besides norm and seed), and the filters accepted.
 FIXED = ("task", "dataset", "model", "bs", "lr", "epochs")
@@ -71,4 +71,4 @@ def distance_ratio(db: str | Engine, norm_a: str, norm_b: str, *, task: str = "a
     mse = {n: sum(r["value"] for r in found) / len(found) for n, found in rows.items()}
     if mse[norm_b] == 0:
         raise ValueError(f"norm {norm_b!r} has {split}/{metric} 0: the ratio is undefined")
-    return math.sqrt(mse[norm_a]) / math.sqrt(mse[norm_b])
+    return float(sqrt_ratio(mse[norm_a], mse[norm_b]))
