@@ -4,7 +4,8 @@ Prints images/s of one epoch of batches with flip + 3 px shift (seed 000's augme
   - baseline: torch DataLoader over the same uint8 images with per-sample torchvision v2
     transforms (what a script usually does), num_workers=0 and 2;
   - ours: `DeviceBatches` (one gather per batch on the device);
-then ms per training step of the seed-000 convnet in NCHW vs channels_last at several batch sizes,
+then ms per training step of a model (--model, default the seed-000 convnet) in NCHW vs
+channels_last at several batch sizes,
 which is what `channels_last: auto` (on for bs >= 32) rests on.
 
     python -m bench.speed.data_path [--n 10000] [--device cpu]
@@ -44,8 +45,8 @@ def loader_baseline(x, y, bs, workers):
                                        drop_last=True)
 
 
-def step_ms(bs, channels_last, device, steps=20) -> float:
-    model = build_model("convnet", in_channels=3, num_classes=10, image_size=32,
+def step_ms(bs, channels_last, device, model_name="convnet", steps=20) -> float:
+    model = build_model(model_name, in_channels=3, num_classes=10, image_size=32,
                         norm_layer=make_norm("bn")).to(device)
     x = torch.randn(bs, 3, 32, 32, device=device)
     if channels_last:
@@ -69,6 +70,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000, help="images (CIFAR-sized, 3x32x32)")
     p.add_argument("--bs", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default="convnet", help="model for the channels_last comparison")
     a = p.parse_args()
     dev = torch.device(a.device)
     g = torch.Generator().manual_seed(0)
@@ -83,9 +85,9 @@ def main() -> None:
         print(f"  DataLoader + per-sample v2 transforms, {w} workers: {v:10.0f} images/s")
     print(f"  DeviceBatches:                                      {ours:10.0f} images/s "
           f"({ours / max(base.values()):.1f}x the best baseline)")
-    print("training step of the seed-000 convnet (BN), ms: NCHW / channels_last")
+    print(f"training step of {a.model} (BN), ms: NCHW / channels_last")
     for bs in (2, 8, 32, 128, 512):
-        a_ms, b_ms = step_ms(bs, False, dev), step_ms(bs, True, dev)
+        a_ms, b_ms = step_ms(bs, False, dev, a.model), step_ms(bs, True, dev, a.model)
         print(f"  bs {bs:4d}: {a_ms:8.2f} / {b_ms:8.2f}  (channels_last {a_ms / b_ms:.2f}x)")
 
 
