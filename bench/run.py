@@ -123,7 +123,9 @@ def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
         log.info("run %d epoch %d/%d  %s", run_id, epoch, cfg.epochs, "  ".join(
             f"{s}/{n} {v:.4g}" for (s, n), v in metrics.items()))
         for (split, name), v in metrics.items():
-            if name.endswith("loss") and not math.isfinite(v):
+            # Training losses only: a test-time loss can be inf (say, BN with batch statistics
+            # at test time) without the training having diverged.
+            if split == "train" and name.endswith("loss") and not math.isfinite(v):
                 raise Diverged(f"{split} {name} became {v} at epoch {epoch}")
 
     try:

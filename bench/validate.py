@@ -101,8 +101,10 @@ def check_config(cfg: DictConfig) -> None:
     from bench.data import DATASETS, dataset_train_size
     from runners import RUNNERS
 
-    for key in ("bs", "epochs", "eval_bs"):
+    for key in ("bs", "epochs", "eval_bs", "bn_eval.precise_samples"):
         _positive(cfg, key, int)
+    if cfg.bn_eval.modes not in (True, False):
+        raise UserError(f"bn_eval.modes={cfg.bn_eval.modes!r} is not allowed (allowed: true, false)")
     _positive(cfg, "lr", float)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, numbers.Integral):
         raise UserError(f"seed={cfg.seed!r} is not an integer")

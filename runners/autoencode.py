@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from bench.bn_eval import evaluate_three_ways
 from bench.data import dataset_shape
 from bench.errors import UserError
 from bench.train import (
@@ -52,15 +53,18 @@ def check(cfg: DictConfig) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, test_batches, amp) -> float:
-    """Mean squared error per pixel over every test image, in eval mode."""
-    model.eval()
-    total = torch.zeros((), device=test_batches.images.device)
-    for x, _ in test_batches:
+def evaluate(model, batches, amp) -> dict[str, float]:
+    """Mean squared error per pixel over every image `batches` yields, with the model in the
+    mode the caller set (`loss` and `mse` are the same number)."""
+    total = torch.zeros((), device=batches.images.device)
+    n = 0
+    for x, _ in batches:
         with amp:
             out = model(x)
         total += F.mse_loss(out.float(), x, reduction="sum")
-    return total.item() / test_batches.images[0].numel() / len(test_batches.images)
+        n += x.numel()
+    mse = total.item() / n
+    return {"loss": mse, "mse": mse}
 
 
 def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
@@ -87,10 +91,10 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
         train_time = time.perf_counter() - t0
         n = len(train) * train.batch_size
         t1 = time.perf_counter()
-        test_mse = evaluate(model, test, amp)
+        tests = evaluate_three_ways(cfg, model, lambda m, b: evaluate(m, b, amp), train, test)
         log_epoch(epoch, {
             ("train", "loss"): train_mse, ("train", "mse"): train_mse,
             ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
-            ("test", "loss"): test_mse, ("test", "mse"): test_mse,
+            **{(split, k): v for split, r in tests.items() for k, v in r.items()},
             ("test", "time_s"): time.perf_counter() - t1,
         })

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from bench.bn_eval import evaluate_three_ways
 from bench.data import dataset_shape
 from bench.errors import UserError
 from bench.train import (
@@ -43,18 +44,19 @@ def check(cfg: DictConfig) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, test_batches, amp) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over every test image (not a mean of batch means)."""
-    model.eval()
-    sums = torch.zeros(2, device=test_batches.images.device)
-    for x, y in test_batches:
+def evaluate(model, batches, amp) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over every image `batches` yields (not a mean of batch
+    means), with the model in the mode the caller set."""
+    sums = torch.zeros(2, device=batches.images.device)
+    n = 0
+    for x, y in batches:
         with amp:
             out = model(x)
         sums += torch.stack((F.cross_entropy(out.float(), y, reduction="sum"),
                              (out.argmax(1) == y).sum().float()))
+        n += len(y)
     loss, correct = sums.tolist()
-    n = len(test_batches.labels)
-    return loss / n, correct / n
+    return {"loss": loss / n, "acc": correct / n}
 
 
 def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
@@ -81,10 +83,10 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
         train_time = time.perf_counter() - t0
         n = len(train) * train.batch_size
         t1 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test, amp)
+        tests = evaluate_three_ways(cfg, model, lambda m, b: evaluate(m, b, amp), train, test)
         log_epoch(epoch, {
             ("train", "loss"): loss_sum / n, ("train", "acc"): correct / n,
             ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
-            ("test", "loss"): test_loss, ("test", "acc"): test_acc,
+            **{(split, k): v for split, r in tests.items() for k, v in r.items()},
             ("test", "time_s"): time.perf_counter() - t1,
         })

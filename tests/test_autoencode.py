@@ -154,7 +154,9 @@ def test_multirun_over_norms_writes_completed_runs_and_digits_mse_falls(bench, t
              ("test", "loss"), ("test", "mse"), ("test", "time_s")}
     for run_id, norm, *_ in runs:
         rows = query(db, "select epoch, split, name, value from metrics where run_id=?", run_id)
-        assert {(s, n) for e, s, n, _ in rows if e == 1} == names
+        # BN runs are also evaluated with PreciseBN and with batch statistics (bench.bn_eval).
+        extra = {(s, n) for s in ("test_precise", "test_batchstats") for n in ("loss", "mse")}
+        assert {(s, n) for e, s, n, _ in rows if e == 1} == names | (extra if norm == "bn" else set())
         assert all(v is not None and v >= 0 for *_, v in rows)
         by = {(e, s, n): v for e, s, n, v in rows}
         assert all(by[(e, "test", "loss")] == by[(e, "test", "mse")] for e in (1, 2, 3))

@@ -12,6 +12,8 @@ from conftest import query
 
 METRICS = {("train", "loss"), ("train", "acc"), ("train", "time_s"), ("train", "images_per_s"),
            ("test", "loss"), ("test", "acc"), ("test", "time_s")}
+BN_EVAL_METRICS = {(split, name) for split in ("test_precise", "test_batchstats")
+                   for name in ("loss", "acc")}
 GRID = ["-m", "norm=bn,gn,none", "bs=2,128", "dataset=digits", "epochs=1"]
 
 
@@ -19,9 +21,11 @@ def check_six_completed_runs(db: Path):
     runs = query(db, "select id, norm, bs, status, epochs_done, error from runs order by norm, bs")
     assert [(r[1], r[2], r[3], r[4], r[5]) for r in runs] == [
         (n, b, "completed", 1, None) for n in ("bn", "gn", "none") for b in (2, 128)]
-    for (run_id, *_rest) in runs:
+    for (run_id, norm, *_rest) in runs:
         rows = query(db, "select split, name, value from metrics where run_id=? and epoch=1", run_id)
-        assert {(s, n) for s, n, _ in rows} == METRICS
+        # BN is also evaluated with PreciseBN statistics and with batch statistics (bench.bn_eval).
+        expected = METRICS | (BN_EVAL_METRICS if norm == "bn" else set())
+        assert {(s, n) for s, n, _ in rows} == expected
         assert all(v is not None for *_, v in rows)
         acc = dict(((s, n), v) for s, n, v in rows)[("test", "acc")]
         assert 0.0 <= acc <= 1.0

@@ -6,6 +6,8 @@ float. No DataLoader, no per-sample Python. Keeping uint8 until the last step co
 memory of float32 and makes the augmentation copies 4x smaller.
 """
 
+import copy
+
 import torch
 
 
@@ -60,6 +62,18 @@ class DeviceBatches:
         # x/255 - mean) / std == x * scale + bias: one fused multiply-add per batch.
         self.scale = (1.0 / (255.0 * std)).reshape(shape)
         self.bias = (-mean / std).reshape(shape)
+
+    def replace(self, **changes) -> "DeviceBatches":
+        """A copy over the same device tensors with some settings changed (e.g. batch_size,
+        generator, drop_last)."""
+        new = copy.copy(self)
+        for key, value in changes.items():
+            if not hasattr(new, key):
+                raise AttributeError(f"DeviceBatches has no setting {key!r}")
+            setattr(new, key, value)
+        if new.batch_size > len(new.images):
+            raise ValueError(f"batch size {new.batch_size} > {len(new.images)} samples")
+        return new
 
     def __len__(self) -> int:
         n, bs = len(self.images), self.batch_size
