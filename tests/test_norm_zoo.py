@@ -220,13 +220,28 @@ def test_ws_gn_builds_group_norm_and_standardized_convs(model):
     assert norm.standardize_weights and not hasattr(make_norm("gn"), "standardize_weights")
     m = build_model(model, in_channels=3, num_classes=10, image_size=32, norm_layer=norm, **kw)
     convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
-    assert convs and all(parametrize.is_parametrized(c, "weight") for c in convs)
+    normed = [c for c in convs if parametrize.is_parametrized(c, "weight")]
+    # cnn4: every conv has a norm after its ReLU; the discriminator's first conv has none.
+    assert len(normed) == (len(convs) if model == "cnn4" else len(convs) - 1) > 0
+    convs = normed
     assert not any(parametrize.is_parametrized(c) for c in m.modules() if isinstance(c, nn.ConvTranspose2d))
     assert any(isinstance(c, nn.GroupNorm) for c in m.modules())
     for c in convs:
         w = c.weight.reshape(c.out_channels, -1)
         close(w.mean(1), torch.zeros(c.out_channels))
         close(w.var(1, unbiased=False), torch.ones(c.out_channels), 1e-4)
+
+
+def test_ws_gn_leaves_alone_the_convs_no_norm_follows():
+    m = build_model("convnet", in_channels=1, num_classes=10, image_size=32,
+                    norm_layer=make_norm("ws_gn", groups=4))
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert [parametrize.is_parametrized(c, "weight") for c in convs] == [True] * 4 + [False]
+    r = build_model("resnet18", in_channels=3, num_classes=10, image_size=32,
+                    norm_layer=make_norm("ws_gn", groups=8))
+    # all 20 ResNet-18 convs (stem, 16 in blocks, 3 downsample) are followed by their norm
+    assert sum(parametrize.is_parametrized(c, "weight") for c in r.modules()
+               if isinstance(c, nn.Conv2d)) == 20
 
 
 # --- bcn ----------------------------------------------------------------------------------------

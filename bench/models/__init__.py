@@ -65,8 +65,8 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         params["gen_norm_layer"] = gen_norm_layer
     model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
                     norm_layer=norm_layer, **params)
-    # A norm such as `ws_gn` also changes the convolutions: the one place that happens (every
-    # Conv2d of the model; a GAN's generator has only transposed convs, which stay as they are).
+    # A norm such as `ws_gn` also changes the convolutions: the one place that happens (the
+    # Conv2d layers its GroupNorm follows; a GAN's generator has only transposed convs).
     if getattr(norm_layer, "standardize_weights", False):
-        apply_weight_standardization(model)
+        apply_weight_standardization(model, norm_types=(nn.GroupNorm,))
     return model
