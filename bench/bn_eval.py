@@ -2,7 +2,8 @@
 
 - split `test`: eval mode with the EMA running statistics (PyTorch's default evaluation);
 - split `test_precise`: running statistics recomputed with the current weights over
-  `bn_eval.precise_samples` training samples (PreciseBN, `bench.precise_bn`), then the EMA buffers
+  `bn_eval.precise_samples` training samples (PreciseBN, `bench.precise_bn`) in batches of the
+  training size composed as `batch_composition.precise` says, then the EMA buffers
   are put back, so training goes on exactly as it would have;
 - split `test_batchstats`: the statistics layers in train mode at test time, each test batch of
   the *training* batch size normalised by its own statistics (running buffers left untouched).
@@ -43,7 +44,8 @@ def evaluate_three_ways(cfg: DictConfig, model, evaluate, train, test) -> dict[s
     saved = _snapshot(layers)
     gen = torch.Generator(device=train.images.device).manual_seed(cfg.seed + 1)
     try:
-        update_bn_stats(model, train.replace(generator=gen), cfg.bn_eval.precise_samples)
+        precise_batches = train.replace(generator=gen, composition=cfg.batch_composition.precise)
+        update_bn_stats(model, precise_batches, cfg.bn_eval.precise_samples)
         model.eval()
         out["test_precise"] = evaluate(model, test)
         _restore(saved)

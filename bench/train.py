@@ -57,7 +57,7 @@ def batches(cfg: DictConfig, data, device: torch.device, generator: torch.Genera
     norm = {"mean": mean, "std": std, "channels_last": cl}
     train = DeviceBatches(data.train_x.to(device), data.train_y.to(device), cfg.bs, shuffle=True,
                           drop_last=True, flip=ds.augment.flip, shift=ds.augment.shift,
-                          generator=generator, **norm)
+                          generator=generator, composition=cfg.batch_composition.train, **norm)
     test_bs = min(cfg.eval_bs, len(data.test_y))
     test = DeviceBatches(data.test_x.to(device), data.test_y.to(device), test_bs, **norm)
     return train, test
@@ -67,3 +67,20 @@ def progress(iterable, cfg: DictConfig, desc: str):
     """A progress bar on a terminal (progress=auto), nothing in logs and CI."""
     enabled = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
     return tqdm(iterable, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def accumulated_step(opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                     accum_steps: int, forward) -> torch.Tensor:
+    """One optimizer step over the batch (x, y) taken as `accum_steps` equal micro-batches, so
+    batch-statistics layers only ever see bs / accum_steps samples (seed 001's point about
+    gradient accumulation). forward(x_micro, y_micro) -> (mean loss, stats tensor); the losses are
+    averaged, so without such layers the gradient equals one step over the whole batch.
+    Returns the stats summed over the micro-batches."""
+    opt.zero_grad(set_to_none=True)
+    total = None
+    for xm, ym in zip(x.chunk(accum_steps), y.chunk(accum_steps), strict=True):
+        loss, stats = forward(xm, ym)
+        (loss / accum_steps).backward()
+        total = stats if total is None else total + stats
+    opt.step()
+    return total

@@ -99,10 +99,21 @@ def check_config(cfg: DictConfig) -> None:
     import torch
 
     from bench.data import DATASETS, dataset_train_size
+    from bench.data.loader import COMPOSITIONS
     from runners import RUNNERS
 
-    for key in ("bs", "epochs", "eval_bs", "bn_eval.precise_samples"):
+    for key in ("bs", "epochs", "eval_bs", "accum_steps", "bn_eval.precise_samples"):
         _positive(cfg, key, int)
+    if cfg.bs % cfg.accum_steps:
+        divisors = ", ".join(str(d) for d in range(1, cfg.bs + 1) if cfg.bs % d == 0)
+        raise UserError(f"accum_steps={cfg.accum_steps} does not divide bs={cfg.bs} "
+                        f"(allowed: the divisors of bs, {divisors})")
+    if cfg.accum_steps != 1 and cfg.task.name == "gan":
+        raise UserError(f"accum_steps={cfg.accum_steps} is not supported by task gan (allowed: 1)")
+    for key in ("train", "precise"):
+        if cfg.batch_composition[key] not in COMPOSITIONS:
+            raise UserError(f"batch_composition.{key}={cfg.batch_composition[key]!r} is not allowed "
+                            f"(allowed: {choices(COMPOSITIONS)})")
     if cfg.bn_eval.modes not in (True, False):
         raise UserError(f"bn_eval.modes={cfg.bn_eval.modes!r} is not allowed (allowed: true, false)")
     _positive(cfg, "lr", float)
@@ -128,10 +139,10 @@ def check_config(cfg: DictConfig) -> None:
             f"bs={cfg.bs} is larger than the {n_train} training images of '{ds.name}' "
             f"(allowed: 1..{n_train})"
         )
-    virtual_bs = OmegaConf.select(cfg, "norm.virtual_bs")
-    if virtual_bs is not None and virtual_bs > cfg.bs:
-        raise UserError(f"norm.virtual_bs={virtual_bs} is larger than bs={cfg.bs} "
-                        f"(allowed: 1..{cfg.bs})")
+    virtual_bs, micro = OmegaConf.select(cfg, "norm.virtual_bs"), cfg.bs // cfg.accum_steps
+    if virtual_bs is not None and virtual_bs > micro:
+        raise UserError(f"norm.virtual_bs={virtual_bs} is larger than bs={micro} "
+                        f"{'per micro-batch ' if cfg.accum_steps > 1 else ''}(allowed: 1..{micro})")
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

@@ -25,6 +25,7 @@ from bench.bn_eval import evaluate_three_ways
 from bench.data import dataset_shape
 from bench.errors import UserError
 from bench.train import (
+    accumulated_step,
     autocast,
     batches,
     model_from_config,
@@ -75,18 +76,19 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     train, test = batches(cfg, data, device, gen, signed=True)
     amp = autocast(cfg, device)
+
+    def forward(x, _labels):
+        with amp:
+            out = model(x)
+        loss = F.mse_loss(out.float(), x)
+        return loss, loss.detach() / cfg.accum_steps  # summed over micro-batches: the step's mean
+
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total = torch.zeros((), device=device)
         t0 = time.perf_counter()
-        for x, _ in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
-            with amp:
-                out = model(x)
-            loss = F.mse_loss(out.float(), x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+        for x, y in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
+            total += accumulated_step(opt, x, y, cfg.accum_steps, forward)
         train_mse = total.item() / len(train)  # the one host sync of the epoch
         train_time = time.perf_counter() - t0
         n = len(train) * train.batch_size

@@ -17,6 +17,7 @@ from bench.bn_eval import evaluate_three_ways
 from bench.data import dataset_shape
 from bench.errors import UserError
 from bench.train import (
+    accumulated_step,
     autocast,
     batches,
     model_from_config,
@@ -67,18 +68,19 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     train, test = batches(cfg, data, device, gen)
     amp = autocast(cfg, device)
+
+    def forward(x, y):
+        with amp:
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        return loss, torch.stack((loss.detach() * len(y), (out.detach().argmax(1) == y).sum()))
+
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         sums = torch.zeros(2, device=device)  # loss * n, correct
         t0 = time.perf_counter()
         for x, y in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
-            with amp:
-                out = model(x)
-                loss = F.cross_entropy(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack((loss.detach() * len(y), (out.detach().argmax(1) == y).sum()))
+            sums += accumulated_step(opt, x, y, cfg.accum_steps, forward)
         loss_sum, correct = sums.tolist()  # the one host sync of the epoch
         train_time = time.perf_counter() - t0
         n = len(train) * train.batch_size

@@ -24,8 +24,8 @@ def setup(norm=nn.BatchNorm2d, modes=True, samples=64):
     train = DeviceBatches(x_train, torch.zeros(64, dtype=torch.long), 16, shuffle=True,
                           drop_last=True, generator=torch.Generator().manual_seed(2), **kw)
     test = DeviceBatches(x_test, torch.zeros(20, dtype=torch.long), 7, **kw)
-    cfg = OmegaConf.create({"bs": 8, "seed": 0, "bn_eval": {"modes": modes,
-                                                             "precise_samples": samples}})
+    cfg = OmegaConf.create({"bs": 8, "seed": 0, "batch_composition": {"precise": "random"},
+                            "bn_eval": {"modes": modes, "precise_samples": samples}})
     return cfg, model, train, test
 
 

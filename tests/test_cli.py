@@ -24,6 +24,9 @@ CASES = [
     (["norm=gn", "norm.groups=3"], "norm.groups=3 does not divide a layer's 32 channels "
                                    "(allowed here: 1, 2, 4, 8, 16, 32)"),
     (["norm=bn", "norm.groups=4"], "unknown setting 'norm.groups' with norm=bn (allowed in norm:"),
+    (["accum_steps=3", "bs=128"], "accum_steps=3 does not divide bs=128 (allowed: the divisors of bs"),
+    (["batch_composition.train=sorted"],
+     "batch_composition.train='sorted' is not allowed (allowed: homogeneous, random)"),
     (["bs=2000"], "bs=2000 is larger than the 1437 training images of 'digits' (allowed: 1..1437)"),
     (["dataset=cifar10", "dataset.download=false"],
      "dataset 'cifar10' not found in "),

@@ -89,3 +89,23 @@ def test_channels_last_layout_and_batch_too_large():
     assert xb.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="batch size 9 > 8"):
         DeviceBatches(x, labels, 9, mean=[0.5], std=[0.5])
+
+
+def test_homogeneous_batches_hold_one_or_two_classes_and_cover_the_epoch():
+    labels = torch.arange(60) % 5  # 5 classes of 12, interleaved
+    x = images(n=60)
+    b = DeviceBatches(x, labels, 8, mean=[0.5], std=[0.5], shuffle=True, composition="homogeneous",
+                      generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        seen, classes = [], []
+        for xb, yb in b:
+            classes.append(len(set(yb.tolist())))
+            # every image still travels with its own label
+            for img, lab in zip(xb, yb, strict=True):
+                matches = [i for i in range(60) if labels[i] == lab and torch.allclose(
+                    (x[i].float() / 255 - 0.5) / 0.5, img, atol=1e-6)]
+                seen.extend(matches[:1])
+        assert max(classes) <= 2  # classes of 12 >= bs 8: a batch straddles one boundary at most
+        assert sorted(seen) == list(range(60))  # one pass over every sample
+    random_classes = [len(set(yb.tolist())) for _, yb in b.replace(composition="random")]
+    assert max(random_classes) > 2  # the default mixes classes

@@ -37,6 +37,12 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+# random: a fresh permutation each epoch. homogeneous: the permutation sorted by class (stable, so
+# random within a class), rotated by a random offset, cut into batches, and the batches shuffled:
+# each batch holds one class, or two where it straddles a class boundary (Wu & Johnson 2021 §4).
+COMPOSITIONS = ("random", "homogeneous")
+
+
 class DeviceBatches:
     """Iterate (images, labels) batches over uint8 images held on the device.
 
@@ -49,12 +55,15 @@ class DeviceBatches:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  mean, std, shuffle: bool = False, drop_last: bool = False, flip: bool = False,
                  shift: int = 0, generator: torch.Generator | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, composition: str = "random"):
         if batch_size > len(images):
             raise ValueError(f"batch size {batch_size} > {len(images)} samples")
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.drop_last, self.flip, self.shift = shuffle, drop_last, flip, shift
         self.generator, self.channels_last = generator, channels_last
+        if composition not in COMPOSITIONS:
+            raise ValueError(f"unknown batch composition {composition!r} (allowed: {COMPOSITIONS})")
+        self.composition = composition
         c = images.shape[1]
         shape = (1, c, 1, 1)
         mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).expand(c)
@@ -81,11 +90,18 @@ class DeviceBatches:
 
     def __iter__(self):
         n = len(self.images)
+        batch_order = range(len(self))
         if self.shuffle:
-            order = torch.randperm(n, device=self.images.device, generator=self.generator)
+            dev = self.images.device
+            order = torch.randperm(n, device=dev, generator=self.generator)
+            if self.composition == "homogeneous":
+                order = order[torch.argsort(self.labels[order], stable=True)]
+                shift = int(torch.randint(n, (1,), device=dev, generator=self.generator))
+                order = order.roll(shift)
+                batch_order = torch.randperm(len(self), device=dev, generator=self.generator).tolist()
         else:
             order = None
-        for i in range(len(self)):
+        for i in batch_order:
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
