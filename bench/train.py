@@ -8,7 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bench.data import dataset_shape
 from bench.data.loader import DeviceBatches
+from bench.errors import UserError
 from bench.models import build_model
 from bench.norms import make_norm
 from bench.optim import build_optimizer
@@ -25,6 +27,35 @@ def model_from_config(cfg: DictConfig, in_channels: int, num_classes: int, image
     norm_layer = make_norm(cfg.norm.name, **settings(cfg.norm))
     return build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes,
                        image_size=image_size, norm_layer=norm_layer, **settings(cfg.model))
+
+
+def data_shape(cfg: DictConfig) -> tuple[int, int, int]:
+    """(channels, image size, classes) of cfg's dataset, without loading it."""
+    ds = cfg.dataset
+    return dataset_shape(ds.name, image_size=ds.image_size, **ds.get("options", {}))
+
+
+def check_forward(cfg: DictConfig, size: int, forward, what: str = ""):
+    """Run `forward()` (a model on meta tensors: shapes only, no compute); a shape error is the
+    user's: the model and norm (`what`: more settings) cannot take images of this size."""
+    try:
+        return forward()
+    except (ValueError, RuntimeError) as e:
+        raise UserError(
+            f"model '{cfg.model.name}' with norm '{cfg.norm.name}'{what} cannot take {size} px "
+            f"images ({' '.join(str(e).split())})"
+        ) from None
+
+
+def training_setup(cfg: DictConfig, data, device: torch.device, signed: bool = False):
+    """(model, optimizer, train batches, test batches, autocast context) for a single-model task."""
+    model = model_from_config(cfg, data.channels, data.num_classes, data.image_size).to(device)
+    if use_channels_last(cfg):
+        model = model.to(memory_format=torch.channels_last)
+    opt = optimizer_from_config(cfg, model.parameters())
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train, test = batches(cfg, data, device, gen, signed=signed)
+    return model, opt, train, test, autocast(cfg, device)
 
 
 def optimizer_from_config(cfg: DictConfig, params) -> torch.optim.Optimizer:

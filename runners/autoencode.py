@@ -22,31 +22,22 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from bench.bn_eval import evaluate_three_ways
-from bench.data import dataset_shape
 from bench.errors import UserError
 from bench.train import (
     accumulated_step,
-    autocast,
-    batches,
+    check_forward,
+    data_shape,
     model_from_config,
     optimizer_from_config,
     progress,
-    use_channels_last,
+    training_setup,
 )
 
 
 def check(cfg: DictConfig) -> None:
-    ds = cfg.dataset
-    channels, size, classes = dataset_shape(ds.name, image_size=ds.image_size,
-                                            **ds.get("options", {}))
+    channels, size, classes = data_shape(cfg)
     model = model_from_config(cfg, channels, classes, size)
-    try:  # meta tensors: shapes only, no compute
-        shape = tuple(model(torch.empty(2, channels, size, size)).shape)
-    except (ValueError, RuntimeError) as e:
-        raise UserError(
-            f"model '{cfg.model.name}' with norm '{cfg.norm.name}' cannot take {size} px images "
-            f"({' '.join(str(e).split())})"
-        ) from None
+    shape = tuple(check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size))).shape)
     if shape != (2, channels, size, size):
         raise UserError(f"model '{cfg.model.name}' returns {shape[1:]} for {(channels, size, size)} "
                         f"images: not an autoencoder")
@@ -69,13 +60,7 @@ def evaluate(model, batches, amp) -> dict[str, float]:
 
 
 def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
-    model = model_from_config(cfg, data.channels, data.num_classes, data.image_size).to(device)
-    if use_channels_last(cfg):
-        model = model.to(memory_format=torch.channels_last)
-    opt = optimizer_from_config(cfg, model.parameters())
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    train, test = batches(cfg, data, device, gen, signed=True)
-    amp = autocast(cfg, device)
+    model, opt, train, test, amp = training_setup(cfg, data, device, signed=True)
 
     def forward(x, _labels):
         with amp:

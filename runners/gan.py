@@ -35,14 +35,21 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchvision.utils import save_image
 
-from bench.data import dataset_shape
 from bench.errors import UserError, choices
 from bench.metrics.feature_classifier import check as check_features
 from bench.metrics.feature_classifier import feature_classifier
 from bench.models import build_model
 from bench.norms import NORMS, make_norm
 from bench.optim import build_optimizer
-from bench.train import autocast, batches, progress, settings, use_channels_last
+from bench.train import (
+    autocast,
+    batches,
+    check_forward,
+    data_shape,
+    progress,
+    settings,
+    use_channels_last,
+)
 from runners.gan_eval import evaluate, uniformity
 
 D_BATCHES = ("separate", "mixed")
@@ -87,19 +94,17 @@ def _check_task(t: DictConfig) -> None:
 
 def check(cfg: DictConfig) -> None:
     _check_task(cfg.task)
-    ds = cfg.dataset
-    channels, size, classes = dataset_shape(ds.name, image_size=ds.image_size,
-                                            **ds.get("options", {}))
-    try:  # meta tensors: shapes only, no compute
+    channels, size, classes = data_shape(cfg)
+
+    def forward():  # meta tensors: shapes only, no compute
         gan = gan_from_config(cfg, channels, size)
         fake = gan.generator(gan.generator.noise(2))
         if tuple(fake.shape) != (2, channels, size, size):
             raise ValueError(f"the generator makes {tuple(fake.shape[1:])} images")
         gan(fake)
-    except (ValueError, RuntimeError) as e:
-        raise UserError(f"model '{cfg.model.name}' with norm '{cfg.norm.name}' and task.gen_norm "
-                        f"'{cfg.task.gen_norm}' cannot take {size} px images "
-                        f"({' '.join(str(e).split())})") from None
+        return gan
+
+    gan = check_forward(cfg, size, forward, f" and task.gen_norm '{cfg.task.gen_norm}'")
     optimizers(cfg, gan)
     check_features(cfg, channels, size, classes)
 

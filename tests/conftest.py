@@ -47,3 +47,13 @@ def query(path: Path, sql: str, *params):
     """Rows of `sql` on the SQLite file at `path`, read with the sqlite3 module (not our ORM)."""
     with sqlite3.connect(path) as con:
         return con.execute(sql, params).fetchall()
+
+
+def assert_user_error(proc, message: str) -> None:
+    """A user's mistake as the CLI must report it: non-zero exit, one line `error: ...` on stderr
+    containing `message`, no traceback anywhere."""
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr

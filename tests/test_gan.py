@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import query
+from conftest import assert_user_error, query
 from torch import nn
 
 from bench.errors import UserError, choices
@@ -288,11 +288,7 @@ def test_bad_gan_input_is_one_line_nonzero_and_writes_nothing(bench, tmp_path, o
     shutil.copy(one_run_db, tmp_path / "bench.db")
     before = query(tmp_path / "bench.db", "select * from runs")
     proc = bench("task=gan", *CLI, *args)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert lines == [lines[0]] and lines[0].startswith("error: "), proc.stderr
-    assert message in lines[0]
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert_user_error(proc, message)
     assert query(tmp_path / "bench.db", "select * from runs") == before
 
 
