@@ -2,18 +2,21 @@
 the device, mixed precision, progress display."""
 
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bench.bn_eval import evaluate_three_ways
 from bench.data import dataset_shape
 from bench.data.loader import DeviceBatches
 from bench.errors import UserError
 from bench.models import build_model
 from bench.norms import make_norm
 from bench.optim import build_optimizer
+from bench.sched import build_scheduler
 
 
 def settings(node: DictConfig) -> dict:
@@ -48,14 +51,16 @@ def check_forward(cfg: DictConfig, size: int, forward, what: str = ""):
 
 
 def training_setup(cfg: DictConfig, data, device: torch.device, signed: bool = False):
-    """(model, optimizer, train batches, test batches, autocast context) for a single-model task."""
+    """(model, step, train batches, test batches, autocast context) for a single-model task;
+    `step` is the optimizer with its lr schedule (an `Optimization`)."""
     model = model_from_config(cfg, data.channels, data.num_classes, data.image_size).to(device)
     if use_channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
-    opt = optimizer_from_config(cfg, model.parameters())
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     train, test = batches(cfg, data, device, gen, signed=signed)
-    return model, opt, train, test, autocast(cfg, device)
+    opt = optimizer_from_config(cfg, model.parameters())
+    sched = build_scheduler(cfg.sched.name, opt, cfg.epochs * len(train), **settings(cfg.sched))
+    return model, Optimization(opt, sched, cfg.accum_steps), train, test, autocast(cfg, device)
 
 
 def optimizer_from_config(cfg: DictConfig, params) -> torch.optim.Optimizer:
@@ -100,18 +105,63 @@ def progress(iterable, cfg: DictConfig, desc: str):
     return tqdm(iterable, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
-def accumulated_step(opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                     accum_steps: int, forward) -> torch.Tensor:
-    """One optimizer step over the batch (x, y) taken as `accum_steps` equal micro-batches, so
-    batch-statistics layers only ever see bs / accum_steps samples (seed 001's point about
-    gradient accumulation). forward(x_micro, y_micro) -> (mean loss, stats tensor); the losses are
-    averaged, so without such layers the gradient equals one step over the whole batch.
-    Returns the stats summed over the micro-batches."""
-    opt.zero_grad(set_to_none=True)
-    total = None
-    for xm, ym in zip(x.chunk(accum_steps), y.chunk(accum_steps), strict=True):
-        loss, stats = forward(xm, ym)
-        (loss / accum_steps).backward()
-        total = stats if total is None else total + stats
-    opt.step()
-    return total
+class Optimization:
+    """The optimizer, its lr schedule (None: constant) and the accumulation of micro-batches."""
+
+    def __init__(self, opt: torch.optim.Optimizer, sched, accum_steps: int = 1):
+        self.opt, self.sched, self.accum_steps = opt, sched, accum_steps
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use (of the first parameter group)."""
+        return self.opt.param_groups[0]["lr"]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, forward) -> torch.Tensor:
+        """One optimizer step over the batch (x, y) taken as `accum_steps` equal micro-batches, so
+        batch-statistics layers only ever see bs / accum_steps samples (seed 001's point about
+        gradient accumulation), then one step of the lr schedule (stepped per iteration, as seed
+        003 does). forward(x_micro, y_micro) -> (mean loss, stats tensor); the losses are averaged,
+        so without such layers the gradient equals one step over the whole batch.
+        Returns the stats summed over the micro-batches."""
+        self.opt.zero_grad(set_to_none=True)
+        total = None
+        for xm, ym in zip(x.chunk(self.accum_steps), y.chunk(self.accum_steps), strict=True):
+            loss, stats = forward(xm, ym)
+            (loss / self.accum_steps).backward()
+            total = stats if total is None else total + stats
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        return total
+
+
+def fit(cfg: DictConfig, model: torch.nn.Module, optim: Optimization, train, test, forward,
+        train_metrics, evaluate, log_epoch) -> None:
+    """The epoch loop of a single-model task (classify, autoencode).
+
+    Each epoch: one `optim.step` per training batch with `forward`, whose stats tensors are summed
+    on the device and read once (a `.item()` per step would stall a GPU on every step); then
+    `train_metrics(sums, n_images)` -> {name: value} for split train, the test metrics of
+    `evaluate(model, batches)` three ways (`bench.bn_eval`), and `log_epoch` with them plus
+    train/lr (the mean lr of the epoch's steps), train/time_s, train/images_per_s, test/time_s.
+    """
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        sums, lr_sum = None, 0.0
+        t0 = time.perf_counter()
+        for x, y in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
+            lr_sum += optim.lr
+            stats = optim.step(x, y, forward)
+            sums = stats if sums is None else sums + stats
+        n = len(train) * train.batch_size
+        metrics = train_metrics(sums, n)  # the epoch's one host sync
+        train_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        tests = evaluate_three_ways(cfg, model, evaluate, train, test)
+        log_epoch(epoch, {
+            **{("train", k): v for k, v in metrics.items()},
+            ("train", "lr"): lr_sum / len(train),
+            ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
+            **{(split, k): v for split, r in tests.items() for k, v in r.items()},
+            ("test", "time_s"): time.perf_counter() - t1,
+        })

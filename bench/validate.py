@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.errors import UserError, choices
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("task", "dataset", "model", "norm", "optim", "experiment")
+GROUPS = ("task", "dataset", "model", "norm", "optim", "sched", "experiment")
 
 
 def group_options(group: str) -> list[str]:
@@ -110,6 +110,8 @@ def check_config(cfg: DictConfig) -> None:
                         f"(allowed: the divisors of bs, {divisors})")
     if cfg.accum_steps != 1 and cfg.task.name == "gan":
         raise UserError(f"accum_steps={cfg.accum_steps} is not supported by task gan (allowed: 1)")
+    if cfg.sched.name != "constant" and cfg.task.name == "gan":
+        raise UserError(f"sched '{cfg.sched.name}' is not supported by task gan (allowed: constant)")
     for key in ("train", "precise"):
         if cfg.batch_composition[key] not in COMPOSITIONS:
             raise UserError(f"batch_composition.{key}={cfg.batch_composition[key]!r} is not allowed "

@@ -8,28 +8,26 @@ and shifts, as in the seed). Per epoch:
   mode (BN uses batch statistics), as the seed's "train_loss";
 - test/loss = test/mse: the same in eval mode, averaged over every test image (the seed averages
   test batch means; the same number when the batches are equal). The seed's "test L2 loss";
-- train/time_s, train/images_per_s, test/time_s.
+- train/lr, train/time_s, train/images_per_s, test/time_s (`bench.train.fit`).
 
 `loss` and `mse` hold the same number: `loss` is every task's training objective (and what the
 divergence check watches), `mse` names what it is. The seed's distance ratio between two norms
 is `analysis.distance.distance_ratio` (sqrt(test mse a) / sqrt(test mse b)).
 """
 
-import time
-
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from bench.bn_eval import evaluate_three_ways
 from bench.errors import UserError
+from bench.sched import check_scheduler
 from bench.train import (
-    accumulated_step,
     check_forward,
     data_shape,
+    fit,
     model_from_config,
     optimizer_from_config,
-    progress,
+    settings,
     training_setup,
 )
 
@@ -42,6 +40,7 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"model '{cfg.model.name}' returns {shape[1:]} for {(channels, size, size)} "
                         f"images: not an autoencoder")
     optimizer_from_config(cfg, model.parameters())
+    check_scheduler(cfg.sched.name, **settings(cfg.sched))
 
 
 @torch.no_grad()
@@ -60,28 +59,17 @@ def evaluate(model, batches, amp) -> dict[str, float]:
 
 
 def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
-    model, opt, train, test, amp = training_setup(cfg, data, device, signed=True)
+    model, optim, train, test, amp = training_setup(cfg, data, device, signed=True)
 
     def forward(x, _labels):
         with amp:
             out = model(x)
         loss = F.mse_loss(out.float(), x)
-        return loss, loss.detach() / cfg.accum_steps  # summed over micro-batches: the step's mean
+        return loss, loss.detach() * len(x)  # summed over micro-batches and steps: mse * images
 
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        total = torch.zeros((), device=device)
-        t0 = time.perf_counter()
-        for x, y in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
-            total += accumulated_step(opt, x, y, cfg.accum_steps, forward)
-        train_mse = total.item() / len(train)  # the one host sync of the epoch
-        train_time = time.perf_counter() - t0
-        n = len(train) * train.batch_size
-        t1 = time.perf_counter()
-        tests = evaluate_three_ways(cfg, model, lambda m, b: evaluate(m, b, amp), train, test)
-        log_epoch(epoch, {
-            ("train", "loss"): train_mse, ("train", "mse"): train_mse,
-            ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
-            **{(split, k): v for split, r in tests.items() for k, v in r.items()},
-            ("test", "time_s"): time.perf_counter() - t1,
-        })
+    def train_metrics(total, n):
+        mse = total.item() / n
+        return {"loss": mse, "mse": mse}
+
+    fit(cfg, model, optim, train, test, forward, train_metrics,
+        lambda m, b: evaluate(m, b, amp), log_epoch)

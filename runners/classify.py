@@ -1,30 +1,25 @@
-"""Classification: cross-entropy, Adam/RAdam/SGD at a fixed lr, metrics per epoch.
+"""Classification: cross-entropy, Adam/RAdam/SGD with the `sched` lr schedule, metrics per epoch.
 
 Per epoch: train loss and accuracy (averaged over the epoch's steps, in train mode, so BN uses
-batch statistics), test loss and accuracy (eval mode, averaged over test images), train time,
-images per second. Sums stay on the device and are read once per epoch: a `.item()` per step
-would stall a GPU on every step.
+batch statistics), test loss and accuracy (eval mode, averaged over test images; three ways for
+models with batch statistics), and what `bench.train.fit` adds: train/lr, train time, images per
+second.
 """
-
-import logging
-import time
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from bench.bn_eval import evaluate_three_ways
+from bench.sched import check_scheduler
 from bench.train import (
-    accumulated_step,
     check_forward,
     data_shape,
+    fit,
     model_from_config,
     optimizer_from_config,
-    progress,
+    settings,
     training_setup,
 )
-
-log = logging.getLogger(__name__)
 
 
 def check(cfg: DictConfig) -> None:
@@ -32,6 +27,7 @@ def check(cfg: DictConfig) -> None:
     model = model_from_config(cfg, channels, classes, size)
     check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size)))
     optimizer_from_config(cfg, model.parameters())
+    check_scheduler(cfg.sched.name, **settings(cfg.sched))
 
 
 @torch.no_grad()
@@ -51,7 +47,7 @@ def evaluate(model, batches, amp) -> dict[str, float]:
 
 
 def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
-    model, opt, train, test, amp = training_setup(cfg, data, device)
+    model, optim, train, test, amp = training_setup(cfg, data, device)
 
     def forward(x, y):
         with amp:
@@ -59,20 +55,9 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
         loss = F.cross_entropy(out.float(), y)
         return loss, torch.stack((loss.detach() * len(y), (out.detach().argmax(1) == y).sum()))
 
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        sums = torch.zeros(2, device=device)  # loss * n, correct
-        t0 = time.perf_counter()
-        for x, y in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
-            sums += accumulated_step(opt, x, y, cfg.accum_steps, forward)
-        loss_sum, correct = sums.tolist()  # the one host sync of the epoch
-        train_time = time.perf_counter() - t0
-        n = len(train) * train.batch_size
-        t1 = time.perf_counter()
-        tests = evaluate_three_ways(cfg, model, lambda m, b: evaluate(m, b, amp), train, test)
-        log_epoch(epoch, {
-            ("train", "loss"): loss_sum / n, ("train", "acc"): correct / n,
-            ("train", "time_s"): train_time, ("train", "images_per_s"): n / train_time,
-            **{(split, k): v for split, r in tests.items() for k, v in r.items()},
-            ("test", "time_s"): time.perf_counter() - t1,
-        })
+    def train_metrics(sums, n):
+        loss_sum, correct = sums.tolist()
+        return {"loss": loss_sum / n, "acc": correct / n}
+
+    fit(cfg, model, optim, train, test, forward, train_metrics,
+        lambda m, b: evaluate(m, b, amp), log_epoch)

@@ -150,7 +150,8 @@ def test_multirun_over_norms_writes_completed_runs_and_digits_mse_falls(bench, t
     db = tmp_path / "bench.db"
     runs = query(db, "select id, norm, model, status, epochs_done from runs order by norm")
     assert [r[1:] for r in runs] == [(n, "conv_ae", "completed", 3) for n in ("bn", "gn", "none")]
-    names = {("train", "loss"), ("train", "mse"), ("train", "time_s"), ("train", "images_per_s"),
+    names = {("train", "loss"), ("train", "mse"), ("train", "lr"), ("train", "time_s"),
+             ("train", "images_per_s"),
              ("test", "loss"), ("test", "mse"), ("test", "time_s")}
     for run_id, norm, *_ in runs:
         rows = query(db, "select epoch, split, name, value from metrics where run_id=?", run_id)

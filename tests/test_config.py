@@ -3,16 +3,19 @@
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from bench.data import DATASETS
 from bench.models import MODEL_TASKS, MODELS
 from bench.norms import NORMS
 from bench.optim import OPTIMIZERS
+from bench.sched import SCHEDULES
 from bench.validate import CONF_DIR, check_config, group_options
+from hydra_plugins.normbench_sweeper import grid_jobs
 from runners import RUNNERS
 
 REGISTRIES = {"task": RUNNERS, "dataset": DATASETS, "model": MODELS, "norm": NORMS,
-              "optim": OPTIMIZERS}
+              "optim": OPTIMIZERS, "sched": SCHEDULES}
 
 
 def compose_job(*overrides, hydra=False):
@@ -41,10 +44,55 @@ def test_task_sets_its_default_model_and_the_command_line_overrides_it():
     assert compose_job("task=gan").model.name == "dcgan_vgg"
 
 
-def test_experiment_presets_compose():
-    for name in group_options("experiment"):
-        cfg = compose_job(f"experiment={name}", hydra=True)
-        assert cfg.hydra.sweeper.params, f"experiment {name} sets no sweep grid"
+def preset_jobs(name: str) -> list[list[str]]:
+    """The overrides of every job `python -m bench.run -m experiment=NAME` launches."""
+    sweeper = compose_job(f"experiment={name}", hydra=True).hydra.sweeper
+    params = OmegaConf.to_container(sweeper.params)
+    grids = OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}]
+    return [[f"experiment={name}", *job] for job in grid_jobs(params, grids, [])]
+
+
+@pytest.mark.parametrize("name", group_options("experiment"))
+def test_every_job_of_every_preset_passes_the_checks(name, tmp_path):
+    jobs = preset_jobs(name)
+    assert len(jobs) > 1, f"experiment {name} sets no sweep grid"
+    # Jobs that differ only in their seed pass or fail together (a seed is any integer): one each.
+    distinct = {tuple(o for o in job if not o.startswith("seed=")) for job in jobs}
+    assert all(any(o.startswith("seed=") for o in job) for job in jobs)
+    for job in sorted(distinct):
+        check_config(compose_job(*job, "seed=0", f"db.url=sqlite:///{tmp_path}/x.db"))
+
+
+def test_presets_set_the_seeds_experiments():
+    c = compose_job("experiment=seed000_classify")
+    assert (c.dataset.name, c.model.name, c.optim.name, c.lr, c.epochs, c.sched.name) == (
+        "cifar10", "convnet", "radam", 3e-4, 100, "constant")
+    assert compose_job("experiment=seed000_autoencode").model.name == "conv_ae"
+    for name in ("seed000_classify", "seed000_autoencode"):
+        assert {tuple(j[1:3]) for j in preset_jobs(name)} == {
+            (f"norm={n}", f"bs={b}") for n in ("bn", "none") for b in (128, 512, 2000)}
+    c = compose_job("experiment=seed002_large_batch")
+    assert (c.dataset.name, c.model.name, c.model.width, c.norm.momentum, c.norm.eps) == (
+        "mnist", "keras_cnn", 32, 0.01, 1e-3)
+    assert [j[1] for j in preset_jobs("seed002_large_batch")][::3] == ["bs=64", "bs=4096"]
+    gan = compose_job("experiment=seed001_gan")
+    assert (gan.task.name, gan.task.d_batches) == ("gan", "separate")
+
+    # seed 003: 11 norm settings x 2 models x bs {128, 2} x lr {1e-2, 1e-3} x 3 seeds, GN with
+    # 4 groups on cnn4 and 32 on resnet18, BN also with eps 0.1
+    jobs = preset_jobs("seed003_imagenette")
+    assert len(jobs) == 11 * 2 * 2 * 2 * 3
+    gn = {(j[4], j[5], j[6]) for j in jobs if "norm=gn" in j}
+    assert gn == {("model=cnn4", "norm=gn", "norm.groups=4"),
+                  ("model=resnet18", "norm=gn", "norm.groups=32")}
+    assert sum("norm.eps=0.1" in j for j in jobs) == 2 * 2 * 2 * 3
+    c = compose_job(*jobs[0])
+    assert (c.dataset.image_size, c.optim.weight_decay, c.sched.name, c.epochs) == (
+        96, 1e-6, "cyclic", 3)
+
+    jobs = preset_jobs("seed004_precise_bn")
+    assert {j[2] for j in jobs} == {"batch_composition.train=random",
+                                    "batch_composition.train=homogeneous"}
 
 
 def test_top_level_defaults():

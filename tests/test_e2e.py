@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import query
 
-METRICS = {("train", "loss"), ("train", "acc"), ("train", "time_s"), ("train", "images_per_s"),
+METRICS = {("train", "loss"), ("train", "acc"), ("train", "lr"), ("train", "time_s"),
+           ("train", "images_per_s"),
            ("test", "loss"), ("test", "acc"), ("test", "time_s")}
 BN_EVAL_METRICS = {(split, name) for split in ("test_precise", "test_batchstats")
                    for name in ("loss", "acc")}

@@ -76,12 +76,46 @@ def test_any_norm_fits_any_model(name, norm):
     # 64 px: ResNet-18's last stage is then 2x2 (at 32 px it is 1x1, where instance norm has
     # nothing to normalise over; `runners.classify.check` reports that as a user error).
     m = build(name, norm=norm, size=64)
+    if (name, norm) == ("keras_cnn", "in"):  # its dense layers' norms see 1x1 "images"
+        with pytest.raises(ValueError, match="more than 1 spatial element"):
+            m(torch.randn(2, 3, 64, 64))
+        return
     m(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
+def test_keras_cnn_is_seed002_model():
+    m = build("keras_cnn", c=1, size=28, norm="bn")
+    kinds = [type(l).__name__ for l in m]
+    assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "MaxPool2d",
+                     "BatchNorm2d", "Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "MaxPool2d",
+                     "Flatten", "_Flat", "Linear", "ReLU", "_Flat", "Linear"]
+    convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.padding) for c in convs] == [
+        (1, 32, (1, 1)), (32, 32, (1, 1)), (32, 64, (1, 1)), (64, 64, (1, 1))]
+    # convs 320 + 9,248 + 18,496 + 36,928; dense 3136*512+512 = 1,606,144 and 5,130;
+    # BN affine 2*(32 + 32 + 64 + 3136 + 512) = 7,552
+    assert n_params(m) == 1_683_818
+    # the flat norms normalise each feature over the batch, as Keras' BatchNormalization does
+    x = torch.randn(16, 3136) * 5 + 3
+    flat = m[14]
+    torch.testing.assert_close(flat(x), (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))
+
+
+def test_keras_cnn_rejects_instance_norm_as_a_user_error():
+    from omegaconf import OmegaConf
+
+    from runners import classify
+
+    cfg = OmegaConf.create({"model": {"name": "keras_cnn", "width": 4}, "norm": {"name": "in"},
+                            "dataset": {"name": "digits", "image_size": 32},
+                            "optim": {"name": "adam"}, "lr": 1e-3, "sched": {"name": "constant"}})
+    with torch.device("meta"), pytest.raises(UserError, match="model 'keras_cnn' with norm 'in'"):
+        classify.check(cfg)
 
 
 def test_bad_model_name_and_setting():
     with pytest.raises(UserError, match=r"unknown model 'vgg' \(allowed: cnn4, conv_ae, convnet, "
-                                        r"dcgan_vgg, resnet18\)"):
+                                        r"dcgan_vgg, keras_cnn, resnet18\)"):
         build("vgg")
     with pytest.raises(UserError, match=r"unknown setting model.depth for model 'convnet'"):
         build("convnet", depth=3)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.train import accumulated_step
+from bench.train import Optimization
 
 
 def step(model, k, x, y):
@@ -17,7 +17,7 @@ def step(model, k, x, y):
         loss = F.cross_entropy(model(xm), ym)
         return loss, loss.detach()
 
-    accumulated_step(opt, x, y, k, forward)
+    Optimization(opt, None, k).step(x, y, forward)
     return model
 
 

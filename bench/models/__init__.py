@@ -17,6 +17,7 @@ from bench.models.autoencoder import ConvAE
 from bench.models.cnn4 import CNN4
 from bench.models.convnet import ConvNet
 from bench.models.gan import GAN
+from bench.models.keras_cnn import KerasCNN
 from bench.models.resnet import resnet18
 from bench.norm_zoo.ws import apply_weight_standardization
 
@@ -24,6 +25,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "convnet": ConvNet,
     "cnn4": CNN4,
     "resnet18": resnet18,
+    "keras_cnn": KerasCNN,
     "conv_ae": ConvAE,
     "dcgan_vgg": GAN,
 }
@@ -33,6 +35,7 @@ MODEL_TASKS: dict[str, str] = {
     "convnet": "classify",
     "cnn4": "classify",
     "resnet18": "classify",
+    "keras_cnn": "classify",
     "conv_ae": "autoencode",
     "dcgan_vgg": "gan",
 }

@@ -8,17 +8,71 @@ adds to `BasicSweeper`, in the step where Hydra already composes every job's con
   process and the parallel jobs only read the cache;
 - the results database is opened once (schema created, one clear error for a bad URL), and runs
   that a killed process left 'running' on this host are marked failed.
+
+It also takes `grids`: a list of sub-grids, each a `params`-style mapping, for an experiment that
+is not one Cartesian product (seed 003 runs GroupNorm with 4 groups on cnn4 but 32 on resnet18,
+and BN with eps 0.1 beside its other norms). Each grid is `params` updated by the grid's keys
+and then by the command line's, expanded like `params`; the jobs of all grids run in order, each
+distinct job once. The sweeper's config is `hydra/sweeper: normbench` (registered below).
 """
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 log = logging.getLogger("bench")
 
 
+@dataclass
+class ValidatingSweeperConf:
+    _target_: str = "hydra_plugins.normbench_sweeper.ValidatingSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+    grids: list[dict[str, str]] | None = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="normbench", node=ValidatingSweeperConf,
+                             provider="normbench")
+
+
+def grid_jobs(params: dict | None, grids: list[dict], arguments: list[str],
+              parser: OverridesParser | None = None) -> list[list[str]]:
+    """Every job's overrides: each grid is `params` updated by the grid and then by `arguments`
+    (the command line), expanded as Hydra's basic sweeper expands `params`; duplicates dropped."""
+    parser = parser or OverridesParser.create()
+    jobs, seen = [], set()
+    for grid in grids:
+        conf = [f"{k}={v}" for k, v in {**(params or {}), **grid}.items()] + list(arguments)
+        for job in BasicSweeper.split_arguments(parser.parse_overrides(conf), None)[0]:
+            if tuple(job) not in seen:
+                seen.add(tuple(job))
+                jobs.append(job)
+    return jobs
+
+
 class ValidatingSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
+                 grids: list[dict] | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.grids = [dict(g) for g in grids or []]
+        self._arguments: list[str] = []
+
+    def sweep(self, arguments: list[str]):
+        self._arguments = list(arguments)
+        return super().sweep(arguments)
+
+    def split_arguments(self, overrides, max_batch_size):  # shadows BasicSweeper's staticmethod
+        if not self.grids:
+            return BasicSweeper.split_arguments(overrides, max_batch_size)
+        jobs = grid_jobs(self.params, self.grids, self._arguments,
+                         OverridesParser.create(config_loader=self.hydra_context.config_loader))
+        n = max_batch_size or len(jobs)
+        return [jobs[i:i + n] for i in range(0, len(jobs), n)]
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from bench.errors import UserError
         from bench.run import fail, open_results
