@@ -20,7 +20,10 @@ Per epoch (`bench.metrics` has the definitions):
 - test/cfid, test/ckid, test/cis: classifier-feature scores (NOT Inception FID/KID/IS) of
   `task.eval_samples` fakes (G in eval mode, the same noise every epoch) against as many test
   images; test/d_acc_real, test/d_acc_fake: D in eval mode on those two sets;
-- train/time_s, train/images_per_s (real images), test/time_s.
+- train/time_s, train/images_per_s (real images), test/time_s;
+- for G or D with batch-statistics layers, the test metrics again as splits test_precise
+  (PreciseBN statistics in both networks, G's over noise and D's over real and fake training
+  batches) and test_batchstats (both in train mode, batches of bs): `runners.gan_eval.bn_splits`.
 Epoch 0 holds references: test/cis_real (the test images' own cis) and test/classifier_acc.
 The last grid of `task.grid` fakes is `samples.png` in the run's output directory, recorded
 in the database as the run's 'samples' artifact.
@@ -50,7 +53,7 @@ from bench.train import (
     settings,
     use_channels_last,
 )
-from runners.gan_eval import evaluate, uniformity
+from runners.gan_eval import bn_splits, evaluate, uniformity
 
 D_BATCHES = ("separate", "mixed")
 
@@ -193,6 +196,10 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
         fakes, found = evaluate(G, D, z_eval, real, cfg.eval_bs, amp)
         metrics.update({("test", k): v for k, v in found.items()})
         metrics.update({("test", k): v for k, v in scorer.scores(fakes, seed=cfg.seed + epoch).items()})
+        for split, (split_fakes, split_found) in bn_splits(cfg, G, D, z_eval, real, train, amp).items():
+            metrics.update({(split, k): v for k, v in split_found.items()})
+            metrics.update({(split, k): v for k, v in
+                            scorer.scores(split_fakes, seed=cfg.seed + epoch).items()})
         save_image(fakes[:t.grid] * 0.5 + 0.5, grid_path, nrow=math.ceil(math.sqrt(t.grid)))
         metrics[("test", "time_s")] = time.perf_counter() - t1
         log_epoch(epoch, metrics, artifacts={"samples": str(grid_path)})

@@ -1,28 +1,39 @@
 """The GAN runner's per-epoch probes of G and D (definitions of the metrics in `bench.metrics`)."""
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from bench.metrics.uniformity import batch_uniformity
+from bench.precise_bn import stat_layers, update_bn_stats
 
 
 @contextmanager
-def train_mode_untouched(*modules: nn.Module) -> Iterator[None]:
-    """Train mode (BN normalises with the batch's statistics, as in training) for a probe that
-    must not change the models: every buffer (BN running statistics) is restored afterwards."""
-    saved = [(m, m.training, [(b, b.clone()) for b in m.buffers()]) for m in modules]
+def untouched(*modules: nn.Module, train: bool | None = None) -> Iterator[None]:
+    """For a probe that must not change the models: every buffer (BN running statistics) and
+    every submodule's train/eval mode are restored afterwards. `train`: the mode to probe in."""
+    saved = [(m, [(b, b.clone()) for b in m.buffers()], {s: s.training for s in m.modules()})
+             for m in modules]
     try:
-        for m in modules:
-            m.train()
+        if train is not None:
+            for m in modules:
+                m.train(train)
         yield
     finally:
-        for m, mode, buffers in saved:
+        for _, buffers, modes in saved:
             for b, copy in buffers:
                 b.copy_(copy)
-            m.train(mode)
+            for s, mode in modes.items():
+                s.train(mode)
+
+
+def train_mode_untouched(*modules: nn.Module):
+    """Train mode (BN normalises with the batch's statistics, as in training), nothing changed."""
+    return untouched(*modules, train=True)
 
 
 @torch.no_grad()
@@ -51,16 +62,62 @@ def uniformity(G, D, train, batches: int, generator: torch.Generator, amp) -> di
             "d_uniformity_fake": batch_uniformity(fake)}
 
 
+def _batches(x: torch.Tensor, batch_size: int, even: bool) -> tuple[torch.Tensor, ...]:
+    """x in batches of `batch_size`; `even`: in ceil(n / batch_size) batches of nearly equal size
+    instead (batch statistics of a last batch of one sample would mean nothing)."""
+    return x.tensor_split(math.ceil(len(x) / batch_size)) if even else x.split(batch_size)
+
+
 @torch.no_grad()
-def evaluate(G, D, z: torch.Tensor, real: torch.Tensor, batch_size: int,
-             amp) -> tuple[torch.Tensor, dict[str, float]]:
-    """(fakes G makes from `z` in eval mode, float32; D's eval-mode accuracy on `real` and on
-    those fakes as {'d_acc_real', 'd_acc_fake'})."""
-    G.eval()
-    D.eval()
+def evaluate(G, D, z: torch.Tensor, real: torch.Tensor, batch_size: int, amp,
+             batch_stats: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """(fakes G makes from `z`, float32; D's accuracy on `real` and on those fakes as
+    {'d_acc_real', 'd_acc_fake'}), both in eval mode, or with `batch_stats` in the mode the
+    caller set (train mode: each batch normalised by its own statistics, batches of nearly equal
+    size)."""
+    if not batch_stats:
+        G.eval()
+        D.eval()
     with amp:
-        fakes = torch.cat([G(zb).float() for zb in z.split(batch_size)])
-        d_real = torch.cat([D(x).float() for x in real.split(batch_size)])
-        d_fake = torch.cat([D(f).float() for f in fakes.split(batch_size)])
+        fakes = torch.cat([G(zb).float() for zb in _batches(z, batch_size, batch_stats)])
+        d_real = torch.cat([D(x).float() for x in _batches(real, batch_size, batch_stats)])
+        d_fake = torch.cat([D(f).float() for f in _batches(fakes, batch_size, batch_stats)])
     return fakes, {"d_acc_real": (d_real > 0).float().mean().item(),
                    "d_acc_fake": (d_fake < 0).float().mean().item()}
+
+
+@torch.no_grad()
+def precise_bn(G, D, train, samples: int, generator: torch.Generator, mixed: bool, amp) -> None:
+    """PreciseBN (`bench.precise_bn`) for both networks, each over what it sees in training:
+    G's statistics over `samples` noise vectors, D's over `samples` real training images and
+    as many fakes from G in train mode (as in training), in batches of the training size, real
+    and fake batches apart (task.d_batches=separate) or concatenated (mixed)."""
+    bs, device = train.batch_size, train.images.device
+    n = math.ceil(samples / bs)
+    update_bn_stats(G, [G.noise(bs, generator, device) for _ in range(n)], samples)
+    d_batches = []
+    with train_mode_untouched(G), amp:
+        for (x, _), _ in zip(train.replace(generator=generator), range(n), strict=False):
+            fake = G(G.noise(bs, generator, device)).float()
+            d_batches += [torch.cat((x, fake))] if mixed else [x, fake]
+    update_bn_stats(D, d_batches, 2 * n * bs)
+
+
+@torch.no_grad()
+def bn_splits(cfg: DictConfig, G, D, z: torch.Tensor, real: torch.Tensor, train,
+              amp) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+    """The two extra evaluations of `bench.bn_eval` for a GAN with statistics layers in G or D
+    (and `bn_eval.modes`): {'test_precise': evaluate(...) with PreciseBN statistics in both
+    networks, 'test_batchstats': evaluate(...) in train mode, batches of the training size}.
+    G and D are left exactly as they were (buffers, modes); the noise and the real images drawn
+    come from a generator of their own, so training does not depend on these probes."""
+    if not cfg.bn_eval.modes or not (stat_layers(G) or stat_layers(D)):
+        return {}
+    gen = torch.Generator(device=real.device).manual_seed(cfg.seed + 1)
+    out = {}
+    with untouched(G, D):
+        precise_bn(G, D, train, cfg.bn_eval.precise_samples, gen, cfg.task.d_batches == "mixed", amp)
+        out["test_precise"] = evaluate(G, D, z, real, cfg.eval_bs, amp)
+    with untouched(G, D, train=True):
+        out["test_batchstats"] = evaluate(G, D, z, real, cfg.bs, amp, batch_stats=True)
+    return out

@@ -140,7 +140,7 @@ def test_a_model_of_another_task_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"model 'convnet' is a model for task classify, not "
                                         r"autoencode \(allowed with task=autoencode: conv_ae\)"):
         check("task=autoencode", "model=convnet")
-    with pytest.raises(UserError, match=r"allowed with task=classify: cnn4, convnet, resnet18"):
+    with pytest.raises(UserError, match=r"allowed with task=classify: cnn4, convnet, keras_cnn, resnet18"):
         check("task=classify", "model=conv_ae")
 
 

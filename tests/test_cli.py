@@ -14,7 +14,7 @@ CASES = [
     (["dataset=svhn"], "unknown dataset 'svhn' (allowed: cifar10, digits, fashion_mnist,"),
     (["model=vgg"], "unknown model 'vgg' (allowed: cnn4, conv_ae, convnet, dcgan_vgg, resnet18)"),
     (["model=conv_ae"], "model 'conv_ae' is a model for task autoencode, not classify (allowed "
-                        "with task=classify: cnn4, convnet, resnet18)"),
+                        "with task=classify: cnn4, convnet, keras_cnn, resnet18)"),
     (["bs=0"], "bs=0 is not a positive integer"),
     (["bs=-4"], "bs=-4 is not a positive integer"),
     (["bs=abc"], "bs='abc' is not a positive integer"),

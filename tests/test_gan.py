@@ -117,6 +117,64 @@ def test_probes_leave_bn_buffers_and_modes_as_they_were():
     assert all(torch.equal(before[k], v) for k, v in p.state_dict().items())
 
 
+def test_gan_precise_bn_uses_noise_for_g_and_real_and_fake_batches_for_d():
+    from contextlib import nullcontext
+
+    from bench.data.loader import DeviceBatches
+    from runners.gan_eval import precise_bn
+
+    p = pair(1, 32, "bn", "bn", nf=8, ngf=8)
+    G, D = p.generator, p.discriminator
+    images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8)
+    train = DeviceBatches(images, torch.zeros(40, dtype=torch.long), 8, shuffle=True,
+                          drop_last=True, mean=[0.5], std=[0.5])
+    precise_bn(G, D, train, 16, torch.Generator().manual_seed(3), mixed=False, amp=nullcontext())
+    # The reference: the same draws from the same generator, statistics computed directly.
+    g = torch.Generator().manual_seed(3)
+    z = torch.cat([G.noise(8, g) for _ in range(2)])
+    h = G.net[0](z[:, :, None, None])  # the input of G's first norm
+    torch.testing.assert_close(G.net[1].running_mean, h.mean((0, 2, 3)))
+    torch.testing.assert_close(G.net[1].running_var, h.var((0, 2, 3), unbiased=False))
+    xs = []
+    with train_mode_untouched(G):
+        for (x, _), _ in zip(train.replace(generator=g), range(2), strict=False):
+            xs += [x, G(G.noise(8, g))]
+    with torch.no_grad():
+        h = torch.cat([D.features[:3](x) for x in xs])  # D's first norm follows its second conv
+    torch.testing.assert_close(D.features[3].running_mean, h.mean((0, 2, 3)))
+    torch.testing.assert_close(D.features[3].running_var, h.var((0, 2, 3), unbiased=False),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_bn_splits_leave_both_networks_as_they_were_and_skip_batch_free_norms():
+    from contextlib import nullcontext
+
+    from omegaconf import OmegaConf
+
+    from bench.data.loader import DeviceBatches
+    from runners.gan_eval import bn_splits
+
+    cfg = OmegaConf.create({"seed": 0, "bs": 8, "eval_bs": 16, "task": {"d_batches": "separate"},
+                            "bn_eval": {"modes": True, "precise_samples": 16}})
+    images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8)
+    train = DeviceBatches(images, torch.zeros(40, dtype=torch.long), 8, shuffle=True,
+                          drop_last=True, mean=[0.5], std=[0.5])
+    real = torch.randn(20, 1, 32, 32)
+    for norm, gen_norm, splits in (("bn", "bn", {"test_precise", "test_batchstats"}),
+                                   ("gn", "bn", {"test_precise", "test_batchstats"}),
+                                   ("gn", "gn", set())):
+        p = pair(1, 32, norm, gen_norm, nf=8, ngf=8)
+        p.generator.eval()
+        before = {k: v.clone() for k, v in p.state_dict().items()}
+        out = bn_splits(cfg, p.generator, p.discriminator, torch.randn(12, 100), real, train,
+                        nullcontext())
+        assert set(out) == splits
+        for fakes, found in out.values():
+            assert fakes.shape == (12, 1, 32, 32) and set(found) == {"d_acc_real", "d_acc_fake"}
+        assert not p.generator.training and p.discriminator.training
+        assert all(torch.equal(before[k], v) for k, v in p.state_dict().items())
+
+
 class BatchMean(nn.Module):
     """A 'discriminator' whose score is its batch's mean pixel: the seed's symptom, by design."""
 
@@ -166,7 +224,7 @@ def gan_config(tmp_path, *overrides, base=TINY):
     (["task.eval_samples=1"], "task.eval_samples=1 is not an integer >= 2"),
     (["norm=gn", "norm.groups=16"], "norm.groups=16 does not divide a layer's 8 channels"),
     (["task.features.model.name=dcgan_vgg"], "task.features.model.name 'dcgan_vgg' is not a "
-                                             "classifier (allowed: cnn4, convnet, resnet18)"),
+                                             "classifier (allowed: cnn4, convnet, keras_cnn, resnet18)"),
 ])
 def test_bad_gan_settings_are_user_errors(tmp_path, overrides, message):
     from bench.validate import check_config
@@ -199,6 +257,9 @@ NAMES = {("train", n) for n in ("d_loss", "g_loss", "d_acc_real", "d_acc_fake", 
                                 "images_per_s", "d_uniformity", "d_uniformity_real",
                                 "d_uniformity_fake")} | \
         {("test", n) for n in ("cfid", "ckid", "cis", "d_acc_real", "d_acc_fake", "time_s")}
+# G or D with batch-statistics layers (every default run: task.gen_norm=bn) also records these.
+BN_SPLITS = {(split, n) for split in ("test_precise", "test_batchstats")
+             for n in ("cfid", "ckid", "cis", "d_acc_real", "d_acc_fake")}
 
 
 @pytest.fixture
@@ -231,7 +292,7 @@ def test_runner_logs_every_metric_and_the_grid_in_mixed_mode(tmp_path, monkeypat
     assert 1 <= refs[("test", "cis_real")] <= 10
     assert [e for e, *_ in epochs] == [1, 2]
     for _, metrics, artifacts in epochs:
-        assert set(metrics) == NAMES
+        assert set(metrics) == NAMES | BN_SPLITS
         assert all(0 <= metrics[("train", k)] <= 1 for k in ("d_uniformity", "d_acc_real"))
         assert 1 <= metrics[("test", "cis")] <= 10 and metrics[("test", "cfid")] >= 0
         assert artifacts == {"samples": str(tmp_path / "samples.png")}
@@ -263,7 +324,7 @@ def test_multirun_over_norms_writes_completed_runs_metrics_and_grids(bench, tmp_
     assert [r[1:] for r in runs] == [("gan", "dcgan_vgg", n, "completed") for n in ("bn", "gn", "none")]
     for run_id, *_ in runs:
         rows = query(db, "select epoch, split, name, value from metrics where run_id=?", run_id)
-        assert {(s, n) for e, s, n, _ in rows if e == 1} == NAMES
+        assert {(s, n) for e, s, n, _ in rows if e == 1} == NAMES | BN_SPLITS
         assert {(s, n) for e, s, n, _ in rows if e == 0} == {("test", "cis_real"),
                                                               ("test", "classifier_acc")}
         assert all(v is not None for *_, v in rows)
