@@ -132,7 +132,7 @@ def build(opts: argparse.Namespace, clock: Clock):
     time_cost = an.durations.merge(an.per_epoch, on=keys, how="outer", suffixes=("", "_per_epoch"))
     listed = list(dict.fromkeys([*keys, "seed", "status", "epochs_done", "epochs", "duration_s", "error"]))
     csvs = {"final_metrics": an.summary.merge(an.excluded, on=keys, how="left"),
-            "comparisons": an.comparison, "time_cost": time_cost,
+            "comparisons": an.comparison, "time_cost": time_cost, "bn_modes": an.paired,
             "runs_not_averaged": left[listed].rename_axis("run_id").reset_index()}
     return doc, csvs
 

@@ -15,7 +15,7 @@ import pandas as pd
 from analysis import plots, stats
 from analysis.cells import SECTION, label, norm_order, sort_cells
 from analysis.document import Section
-from analysis.tables import comparison_table, final_table, metric_label, time_table
+from analysis.tables import bn_modes_table, comparison_table, final_table, metric_label, time_table
 
 # Seed 001's GAN metrics, plotted together over epochs whatever their split: the discriminator's
 # batch uniformity (runners/gan.py: d_uniformity, _real, _fake) and FID. FID here is computed on
@@ -34,6 +34,7 @@ class Analysis:
     comparison: pd.DataFrame  # stats.compare output
     durations: pd.DataFrame   # keys, mean, std, n of duration_s
     per_epoch: pd.DataFrame   # keys, mean, std, n of duration_s / epochs_done
+    paired: pd.DataFrame      # stats.paired: PreciseBN - EMA per cell and metric (BN runs)
     norms: list[str]          # display order, baseline first
     baseline: str
     alpha: float
@@ -51,6 +52,7 @@ def analyse(runs: pd.DataFrame, final: pd.DataFrame, keys: list[str], baseline: 
         comparison=stats.compare(summary, keys, baseline, alpha),
         durations=stats.summarize(timed, keys, "duration_s"),
         per_epoch=stats.summarize(timed, keys, "per_epoch"),
+        paired=stats.paired(values, keys),
         norms=norm_order(runs["norm"], baseline), baseline=baseline, alpha=alpha)
 
 
@@ -92,11 +94,18 @@ def section(an: Analysis, where: dict, curves: Callable[[str, str, list], pd.Dat
 
 
 def _tables(sec, an: Analysis, where: dict, slug: str, runs, summary, row_keys, metrics) -> None:
-    """Seed 003's table, seed 000's comparison against the baseline, time cost."""
+    """Seed 003's table, seed 000's comparison against the baseline, BN's evaluation modes
+    (seeds 002 and 004), time cost."""
     keys = ["norm", *row_keys]
     cells = sort_cells(runs[keys].drop_duplicates(), keys, an.norms)
     sec.tables.append(final_table(f"{slug}_final", "Final metrics", cells, summary,
                                   _in_section(an.excluded, where), row_keys, metrics))
+    if (summary["split"] == "test_precise").any():
+        with_modes = cells.merge(summary.loc[summary["split"] == "test_precise", keys].drop_duplicates(),
+                                 on=keys)
+        sec.tables.append(bn_modes_table(f"{slug}_bn_modes", "BN evaluation: EMA, PreciseBN, batch "
+                                         "statistics", with_modes, summary,
+                                         _in_section(an.paired, where), row_keys, an.alpha))
     comparison = _in_section(an.comparison, where) if not an.comparison.empty else an.comparison
     if not comparison.empty:
         wanted = set(metrics)

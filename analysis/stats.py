@@ -92,6 +92,36 @@ def mark(p: float, n_a: int, n_b: int, alpha: float = 0.05) -> str:
     return "*" if p < alpha else "n.s."
 
 
+# BN's evaluation modes (bench/bn_eval.py): the split of each, in display order.
+BN_MODES = {"test": "EMA", "test_precise": "PreciseBN", "test_batchstats": "batch stats"}
+
+
+def paired(values: pd.DataFrame, keys: list[str], a: str = "test", b: str = "test_precise",
+           level: float = 0.95) -> pd.DataFrame:
+    """Split b against split a of the same runs (seed 004: PreciseBN against EMA), per `keys`
+    cell and metric name: the per-run difference b - a, its mean, std, n, confidence interval and
+    the paired t-test's p (= scipy.stats.ttest_rel(b, a), checked in the tests). A paired test
+    removes the spread between seeds that both splits share, which Welch's test would count as
+    noise. `values`: run_id, keys, split, name, value. Returns keys, name, diff, std, n, ci_low,
+    ci_high, p (NaN where n < 2 or every difference is the same)."""
+    both = values[values["split"].isin([a, b])]
+    wide = both.pivot_table(index=["run_id", *keys, "name"], columns="split", values="value",
+                            dropna=False)
+    columns = [*keys, "name", "diff", "std", "n", "ci_low", "ci_high", "p"]
+    if a not in wide or b not in wide:
+        return pd.DataFrame(columns=columns)
+    d = (wide[b] - wide[a]).dropna().rename("d").reset_index()
+    g = d.groupby([*keys, "name"], dropna=False, sort=False)["d"].agg(diff="mean", std="std", n="count")
+    g = g.reset_index()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = g["std"] / np.sqrt(g["n"])
+        p = 2 * stats.t.sf(np.abs(g["diff"] / se), g["n"] - 1)
+        half = stats.t.ppf(0.5 + level / 2, g["n"] - 1) * se
+    g["p"] = np.where((g["n"] < 2) | (se == 0), np.nan, p)
+    g["ci_low"], g["ci_high"] = g["diff"] - half, g["diff"] + half
+    return g[columns]
+
+
 def distance_ratio(mse_a, mse_b):
     """sqrt(mse_a) / sqrt(mse_b): how much farther from the target a's reconstructions are.
 

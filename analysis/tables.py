@@ -115,6 +115,48 @@ def comparison_table(name: str, title: str, comparison: pd.DataFrame, row_keys: 
     return Table(name, title, data, bold, block="comparison", note=note)
 
 
+def bn_modes_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFrame,
+                   paired: pd.DataFrame, row_keys: list[str], alpha: float) -> Table:
+    """Seeds 002 and 004: each metric of each cell as BN's three evaluation modes side by side
+    (mean ± std (n) over seeds), then PreciseBN − EMA per run with its paired t-test."""
+    keys = ["norm", *row_keys]
+    rows = []
+    for cell in cells[keys].itertuples(index=False):
+        where = dict(zip(keys, cell, strict=True))
+        mine = summary
+        for k, v in where.items():
+            mine = mine[mine[k] == v]
+        for metric in sorted(set(mine.loc[mine["split"] == "test_precise", "name"])):
+            if stats.is_timing(metric):
+                continue
+            row = {k: fmt_value(v) for k, v in where.items()} | {"metric": metric}
+            for split, label_ in stats.BN_MODES.items():
+                hit = mine[(mine["split"] == split) & (mine["name"] == metric)]
+                if len(hit):
+                    mean, std, n = hit[["mean", "std", "n"]].iloc[0]
+                    row[label_] = fmt_mean_std(mean, std, int(n))
+            pair = paired
+            for k, v in {**where, "name": metric}.items():
+                pair = pair[pair[k] == v]
+            if len(pair):
+                d = pair.iloc[0]
+                m = stats.mark(d["p"], int(d["n"]), int(d["n"]), alpha)
+                row["Δ PreciseBN − EMA"] = f"{d['diff']:+.3g}"
+                row["95% CI of Δ"] = "–" if d["ci_low"] != d["ci_low"] else \
+                    f"[{d['ci_low']:+.3g}, {d['ci_high']:+.3g}]"
+                row["p (paired t)"] = fmt_p(d["p"], m)
+            rows.append(row)
+    data = pd.DataFrame(rows).fillna("–")
+    bold = pd.DataFrame(False, index=data.index, columns=data.columns)
+    if "p (paired t)" in data:
+        bold["p (paired t)"] = data["p (paired t)"].str.contains(r"\*", regex=True)
+    return Table(name, title, data, bold, block="norm",
+                 note="test = EMA running statistics, test_precise = PreciseBN, test_batchstats = "
+                      "batch statistics of test batches of the training size (bench/bn_eval.py); "
+                      "mean ± sample std over seeds (n). Δ: per-run difference, paired t-test "
+                      f"over seeds (* p<{alpha:g}, ** p<0.01, *** p<0.001).")
+
+
 def time_table(name: str, title: str, cells: pd.DataFrame, durations: pd.DataFrame,
                per_epoch: pd.DataFrame, row_keys: list[str]) -> Table:
     """Wall-clock seconds per completed run and per epoch, mean ± std (n) per cell."""

@@ -214,3 +214,33 @@ def test_directions_and_formats():
     assert "**norm = a_b**" in md and "| **1 ± 2** |" in md and "3\\|4" in md
     assert latex_escape("#&~") == r"\#\&\textasciitilde{}"
     assert not math.isnan(stats.distance_ratio(1.0, 1.0))
+
+
+def test_paired_matches_scipy_ttest_rel_per_cell():
+    rng = np.random.default_rng(0)
+    rows = []
+    for bs in (8, 64):
+        for run in range(5):
+            base = rng.normal(0.8, 0.05)  # the seed's shared part: cancels in a paired test
+            rid = bs * 10 + run
+            rows += [dict(run_id=rid, norm="bn", bs=bs, split="test", name="acc", value=base),
+                     dict(run_id=rid, norm="bn", bs=bs, split="test_precise", name="acc",
+                          value=base + rng.normal(0.01 * bs / 8, 0.002)),
+                     dict(run_id=rid, norm="bn", bs=bs, split="train", name="acc", value=0.9)]
+    frame = pd.DataFrame(rows)
+    got = stats.paired(frame, ["norm", "bs"]).set_index("bs")
+    for bs in (8, 64):
+        cell = frame[frame["bs"] == bs]
+        a = cell[cell["split"] == "test"].sort_values("run_id")["value"].to_numpy()
+        b = cell[cell["split"] == "test_precise"].sort_values("run_id")["value"].to_numpy()
+        ref = scipy_stats.ttest_rel(b, a)
+        ci = ref.confidence_interval(0.95)
+        assert got.loc[bs, "n"] == 5
+        assert got.loc[bs, "diff"] == pytest.approx((b - a).mean())
+        assert got.loc[bs, "p"] == pytest.approx(ref.pvalue)
+        assert (got.loc[bs, "ci_low"], got.loc[bs, "ci_high"]) == pytest.approx((ci.low, ci.high))
+
+
+def test_paired_is_empty_without_both_splits():
+    frame = pd.DataFrame([dict(run_id=1, norm="gn", split="test", name="acc", value=0.5)])
+    assert stats.paired(frame, ["norm"]).empty

@@ -41,9 +41,14 @@ def small_report(tmp_path_factory):
             for bs in (8, 128):
                 for seed in (0, 1):
                     k = (norm == "bn") + seed / 10
+                    # BN runs also have the PreciseBN and batch-statistics splits (bench.bn_eval):
+                    # PreciseBN 0.02 + seed / 1000 above EMA in every run
+                    modes = (lambda e: {("test_precise", "acc"): 0.52 + k / 10 + e / 10 + seed / 1000,
+                                        ("test_batchstats", "acc"): 0.4}) if norm == "bn" \
+                        else (lambda e: {})
                     _run(db, "classify", "convnet", norm, bs, seed,
                          [{("test", "acc"): 0.5 + k / 10 + e / 10, ("test", "loss"): 1 - e / 10 - k / 20,
-                           ("train", "time_s"): 1.0 + bs / 100} for e in range(3)])
+                           ("train", "time_s"): 1.0 + bs / 100, **modes(e)} for e in range(3)])
                     m = [v + 0.0015 * (norm == "bn") + seed * 1e-4 for v in (0.006, 0.005)]
                     mse.setdefault((norm, bs), []).append(m[-1])
                     _run(db, "autoencode", "ae", norm, bs, seed, [{("test", "mse"): v} for v in m])
@@ -60,11 +65,11 @@ def test_report_files_tables_and_embedded_images(small_report):
     html = (out / "index.html").read_text()
     md = (out / "report.md").read_text()
     tables = sorted(p.stem for p in (out / "tables").glob("*.md"))
-    assert len(tables) == 9  # final, vs none, time for each of the 3 tasks
+    assert len(tables) == 10  # final, vs none, time for each of the 3 tasks; classify's BN modes
     for stem in tables:
         assert (out / "tables" / f"{stem}.tex").read_text().startswith("% ")
         assert f'id="{stem}"' in html  # every table is in the page
-    for name in ("final_metrics", "comparisons", "time_cost", "runs_not_averaged"):
+    for name in ("final_metrics", "comparisons", "time_cost", "runs_not_averaged", "bn_modes"):
         assert (out / "tables" / f"{name}.csv").exists()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     figures = sorted((out / "figures").glob("*.png"))
@@ -95,6 +100,19 @@ def test_autoencoder_distance_ratio_and_gan_curves(small_report):
     csv = pd.read_csv(out / "tables" / "final_metrics.csv")
     fid = csv[(csv.task == "gan") & (csv.name == "cfid") & (csv.norm == "bn") & (csv.bs == 8)]
     assert fid["mean"].item() == pytest.approx(statistics.mean([50 - 30 - 1, 50 - 30 - 1.1]))  # epoch 3
+
+
+def test_bn_modes_side_by_side_with_the_paired_difference(small_report):
+    out, _ = small_report
+    md = (out / "tables" / "classify-digits-convnet_bn_modes.md").read_text()
+    rows = [r for r in md.splitlines() if r.startswith("| 8 |") or r.startswith("| 128 |")]
+    assert len(rows) == 2  # bn only (none has no statistics layers), one row per bs
+    for row in rows:
+        cols = [c.strip() for c in row.strip("|").split("|")]
+        # bs, lr, metric, EMA, PreciseBN, batch stats, diff, CI, p
+        assert cols[2] == "acc" and cols[5] == "0.4 ± 0 (2)" and cols[6] == "+0.0205"
+    csv = pd.read_csv(out / "tables" / "bn_modes.csv")
+    assert set(csv["norm"]) == {"bn"} and csv["diff"].tolist() == pytest.approx([0.0205, 0.0205])
 
 
 def test_command_line_error_in_a_fresh_process(tmp_path):
