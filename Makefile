@@ -6,7 +6,7 @@ DB ?= results/bench.db
 REPORT ?= reports
 .DEFAULT_GOAL := help
 
-.PHONY: help install data browser test test-all test-browser demo report report-check bench-report lint clean
+.PHONY: help install data browser test test-all test-browser demo preset report report-check bench-report lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -46,6 +46,11 @@ test-browser: install ## the report rendered in headless Chromium (skipped witho
 demo: install ## a small real sweep on the offline digits dataset into results/bench.db, then its report
 	$(PY) -m bench.run -m experiment=demo db.url=sqlite:///$(DB)
 	$(MAKE) --no-print-directory report
+
+preset: install ## one seed's experiment, P=NAME (e.g. seed004_precise_bn_cpu), into results/NAME.db, then its report in reports/NAME
+	@test -n "$(P)" || { echo "error: say which preset, e.g. make preset P=seed004_precise_bn_cpu (allowed: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
+	$(PY) -m bench.run -m experiment=$(P) db.url=sqlite:///results/$(P).db
+	$(MAKE) --no-print-directory report DB=results/$(P).db REPORT=reports/$(P)
 
 report: install ## tables, figures and reports/index.html from results/bench.db (DB=, REPORT= to change)
 	$(PY) -m analysis.report --db sqlite:///$(DB) --out $(REPORT)
