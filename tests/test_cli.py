@@ -12,7 +12,7 @@ CASES = [
     (["norm=ghost_bn", "norm.virtual_bs=64", "bs=32"], "norm.virtual_bs=64 is larger than bs=32"),
     (["task=regress"], "unknown task 'regress' (allowed: autoencode, classify, gan)"),
     (["dataset=svhn"], "unknown dataset 'svhn' (allowed: cifar10, digits, fashion_mnist,"),
-    (["model=vgg"], "unknown model 'vgg' (allowed: cnn4, conv_ae, convnet, dcgan_vgg, resnet18)"),
+    (["model=vgg"], "unknown model 'vgg' (allowed: cnn4, conv_ae, convnet, dcgan_vgg, keras_cnn, resnet18)"),
     (["model=conv_ae"], "model 'conv_ae' is a model for task autoencode, not classify (allowed "
                         "with task=classify: cnn4, convnet, keras_cnn, resnet18)"),
     (["bs=0"], "bs=0 is not a positive integer"),
