@@ -353,6 +353,23 @@ def test_bad_gan_input_is_one_line_nonzero_and_writes_nothing(bench, tmp_path, o
     assert query(tmp_path / "bench.db", "select * from runs") == before
 
 
+def test_a_parallel_sweep_trains_the_metrics_classifier_once_before_any_job(bench, tmp_path):
+    proc = bench("-m", "task=gan", "norm=bn,gn", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                 *CLI, check_rc=0)
+    out = proc.stdout + proc.stderr
+    assert out.count("trained the classifier for the GAN metrics") == 1
+    assert out.index("trained the classifier") < out.index("checked 2 jobs")  # in the sweeper
+    assert query(tmp_path / "bench.db", "select norm, status from runs order by norm") == [
+        ("bn", "completed"), ("gn", "completed")]
+
+
+def test_a_sweep_whose_metrics_classifier_cannot_be_trained_stops_before_any_job(bench, tmp_path):
+    proc = bench("-m", "task=gan", "norm=bn,gn", *CLI, "task.features.min_acc=1.0",
+                 "task.features.epochs=1")
+    assert_user_error(proc, "cannot train the classifier for the GAN metrics: test accuracy")
+    assert not (tmp_path / "bench.db").exists()  # stopped before the database was opened
+
+
 @pytest.mark.slow
 def test_the_issue_command_runs_all_three_tasks(bench, tmp_path):
     bench("-m", "task=classify,autoencode,gan", "norm=bn,gn,none", "epochs=1",

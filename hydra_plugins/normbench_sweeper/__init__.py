@@ -5,7 +5,9 @@ adds to `BasicSweeper`, in the step where Hydra already composes every job's con
 - `bench.validate.check_config` on each job, so `bs=2,0` fails at once with one line instead of
   after the first job's hours of training;
 - each distinct dataset is loaded once here, so its download and uint8 cache are made by one
-  process and the parallel jobs only read the cache;
+  process and the parallel jobs only read the cache; likewise a task's `prepare` step (the GAN
+  metrics' classifier is trained here once, not by each parallel job, and if it cannot be
+  trained the sweep stops before any job);
 - the results database is opened once (schema created, one clear error for a bad URL), and runs
   that a killed process left 'running' on this host are marked failed.
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 log = logging.getLogger("bench")
 
@@ -81,7 +84,7 @@ class ValidatingSweeper(BasicSweeper):
         # Composing each job is what Hydra's own check does; a composition error propagates from
         # here exactly as it would from there.
         loader = self.hydra_context.config_loader
-        datasets, urls = {}, set()
+        datasets, urls, prepares = {}, set(), {}
         try:
             for overrides in batch:
                 cfg = loader.load_sweep_config(self.config, list(overrides))
@@ -94,8 +97,13 @@ class ValidatingSweeper(BasicSweeper):
                        cfg.data_root, ds.download)
                 datasets[key] = ds
                 urls.add(cfg.db.url)
+                if _has_prepare(cfg):
+                    prepares[OmegaConf.to_yaml({k: cfg[k] for k in ("task", "dataset", "data_root",
+                                                                     "device")})] = cfg
             for (_, _, _, root, _), ds in datasets.items():
                 _prepare_dataset(ds, root)
+            for cfg in prepares.values():
+                _prepare_job(cfg)
             for url in urls:
                 stale = open_results(url).mark_stale_runs()
                 if stale:
@@ -105,6 +113,26 @@ class ValidatingSweeper(BasicSweeper):
             fail(e)
         log.info("checked %d jobs; datasets ready: %s", len(batch),
                  ", ".join(sorted({k[0] for k in datasets})))
+
+
+def _has_prepare(cfg) -> bool:
+    from runners import RUNNERS
+
+    return getattr(RUNNERS[cfg.task.name], "prepare", None) is not None
+
+
+def _prepare_job(cfg) -> None:
+    """The task's `prepare` with the job's data and device, as `bench.run` calls it; the job's own
+    call then finds the result cached."""
+    from bench.data import load_dataset
+    from bench.runtime import pick_device
+    from runners import RUNNERS
+
+    ds = cfg.dataset
+    data = load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
+                        train_subset=ds.train_subset, test_subset=ds.test_subset,
+                        **ds.get("options", {}))
+    RUNNERS[cfg.task.name].prepare(cfg, data, pick_device(cfg.device))
 
 
 def _prepare_dataset(ds, root) -> None:
