@@ -74,11 +74,12 @@ def open_results(url: str):
 
 def run_job(cfg: DictConfig) -> int | None:
     """Train the run `cfg` describes; return its row id (None when skipped as already done)."""
-    from bench.data import load_dataset
-    from bench.runtime import pick_device, seed_everything, set_threads
     from bench.validate import check_config
 
-    check_config(cfg)
+    check_config(cfg)  # before torch's import where it can (a mistyped value: one line, fast)
+    from bench.data import load_dataset
+    from bench.runtime import pick_device, seed_everything, set_threads
+
     device = pick_device(cfg.device)
     threads = set_threads(cfg.threads, parallel_jobs())
     seed_everything(cfg.seed)

@@ -95,13 +95,10 @@ def _positive(cfg: DictConfig, key: str, kind: type) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every check that needs no training: names, ranges, batch size vs data, the model builds."""
-    import torch
+    """Every check that needs no training: names, ranges, batch size vs data, the model builds.
 
-    from bench.data import DATASETS, dataset_train_size
-    from bench.data.loader import COMPOSITIONS
-    from runners import RUNNERS
-
+    The checks of plain values come first and import nothing heavy, so `bs=0` is reported in
+    about a second; torch (~3 s to import) comes in for the checks that need it."""
     for key in ("bs", "epochs", "eval_bs", "accum_steps", "bn_eval.precise_samples"):
         _positive(cfg, key, int)
     if cfg.bs % cfg.accum_steps:
@@ -112,15 +109,25 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"accum_steps={cfg.accum_steps} is not supported by task gan (allowed: 1)")
     if cfg.sched.name != "constant" and cfg.task.name == "gan":
         raise UserError(f"sched '{cfg.sched.name}' is not supported by task gan (allowed: constant)")
-    for key in ("train", "precise"):
-        if cfg.batch_composition[key] not in COMPOSITIONS:
-            raise UserError(f"batch_composition.{key}={cfg.batch_composition[key]!r} is not allowed "
-                            f"(allowed: {choices(COMPOSITIONS)})")
     if cfg.bn_eval.modes not in (True, False):
         raise UserError(f"bn_eval.modes={cfg.bn_eval.modes!r} is not allowed (allowed: true, false)")
     _positive(cfg, "lr", float)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, numbers.Integral):
         raise UserError(f"seed={cfg.seed!r} is not an integer")
+    for key in ("channels_last", "amp", "progress"):
+        if cfg[key] not in ("auto", True, False):
+            raise UserError(f"{key}={cfg[key]!r} is not allowed (allowed: auto, true, false)")
+
+    import torch
+
+    from bench.data import DATASETS, dataset_train_size
+    from bench.data.loader import COMPOSITIONS
+    from runners import RUNNERS
+
+    for key in ("train", "precise"):
+        if cfg.batch_composition[key] not in COMPOSITIONS:
+            raise UserError(f"batch_composition.{key}={cfg.batch_composition[key]!r} is not allowed "
+                            f"(allowed: {choices(COMPOSITIONS)})")
     for key, allowed in (("task.name", RUNNERS), ("dataset.name", DATASETS)):
         v = OmegaConf.select(cfg, key)
         if v not in allowed:
@@ -131,9 +138,6 @@ def check_config(cfg: DictConfig) -> None:
     if MODEL_TASKS.get(model, task) != task:  # an unknown model is build_model's error
         raise UserError(f"model '{model}' is a model for task {MODEL_TASKS[model]}, not {task} "
                         f"(allowed with task={task}: {choices(models_for(task))})")
-    for key in ("channels_last", "amp", "progress"):
-        if cfg[key] not in ("auto", True, False):
-            raise UserError(f"{key}={cfg[key]!r} is not allowed (allowed: auto, true, false)")
     ds = cfg.dataset
     n_train = dataset_train_size(ds.name, train_subset=ds.train_subset, **ds.get("options", {}))
     if cfg.bs > n_train:
