@@ -109,3 +109,11 @@ def norm_order(norms, baseline: str) -> list[str]:
     """The baseline first, then the other norms by name."""
     norms = sorted(set(norms))
     return ([baseline] if baseline in norms else []) + [n for n in norms if n != baseline]
+
+
+def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
+    """The rows of `frame` whose columns hold the values `where` names."""
+    mask = pd.Series(True, index=frame.index)
+    for k, v in where.items():
+        mask &= frame[k] == v
+    return frame[mask]

@@ -6,7 +6,7 @@ away with BN. Here mse is the mean, over the completed runs of a norm that match
 of the test MSE at each run's last logged epoch (several seeds average their MSEs before the
 square root). The runs compared must differ only in norm and seed: filters that leave runs of
 different datasets, models, batch sizes, learning rates or epochs are an error naming the column,
-so a ratio never mixes two experiments. Plain SQL on the `runs` and `metrics` tables.
+so a ratio never mixes two experiments. Plain SQL on the `runs` table and the `run_final` view.
 
     >>> distance_ratio("sqlite:///results/bench.db", "bn", "none", dataset="cifar10", bs=128)
 """
@@ -20,11 +20,11 @@ from analysis.stats import distance_ratio as sqrt_ratio
 # Columns a comparison must hold fixed (besides norm and seed), and the filters accepted.
 FIXED = ("task", "dataset", "model", "bs", "lr", "epochs")
 
-_QUERY = """SELECT r.id, r.{columns}, m.value
-FROM runs AS r JOIN metrics AS m ON m.run_id = r.id
-WHERE r.status = 'completed' AND r.norm = :norm AND m.split = :split AND m.name = :metric
-  AND m.epoch = (SELECT MAX(epoch) FROM metrics
-                 WHERE run_id = r.id AND split = :split AND name = :metric){filters}"""
+# The final value of each run is the view run_final's (db/views.py): the metric at the last
+# epoch it was logged.
+_QUERY = """SELECT r.id, r.{columns}, f.value
+FROM run_final AS f JOIN runs AS r ON r.id = f.run_id
+WHERE r.status = 'completed' AND r.norm = :norm AND f.split = :split AND f.name = :metric{filters}"""
 
 
 def final_values(engine: Engine, norm: str, *, split: str = "test", metric: str = "mse",

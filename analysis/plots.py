@@ -83,6 +83,13 @@ def _labels(axes, rows: list, cols: list, xlabel: str, ylabel: str = "") -> None
             ax.set_ylabel("\n".join(t for t in (r.replace(", ", "\n"), ylabel) if t) if j == 0 else "")
 
 
+def _panels(frame: pd.DataFrame, rows: list, cols: list, axes):
+    """(axis, rows of `frame` for it) for each (row, col) panel shown (rows cut by _cut are not)."""
+    for (r, c), panel in frame.groupby(["row", "col"], sort=False):
+        if r in rows:
+            yield axes[rows.index(r), cols.index(c)], panel
+
+
 def line_grid(frame: pd.DataFrame, colors: dict, ylabel: str, name: str, title: str,
               sharey: str = "row") -> Figure:
     """Mean over seeds with a ±1 std band, per (row, col) panel and norm.
@@ -97,10 +104,7 @@ def line_grid(frame: pd.DataFrame, colors: dict, ylabel: str, name: str, title: 
     sns.set_theme(style="whitegrid", font_scale=0.8)
     fig, axes = _grid(rows, cols, sharex=True, sharey=sharey)
     marker = "o" if agg["epoch"].nunique() <= 20 else None  # sparse metrics (FID every k epochs)
-    for (r, c), panel in agg.groupby(["row", "col"], sort=False):
-        if r not in rows:
-            continue
-        ax = axes[rows.index(r), cols.index(c)]
+    for ax, panel in _panels(agg, rows, cols, axes):
         for norm, line in panel.groupby("norm", sort=False):
             line = line.sort_values("epoch")
             x, y = line["epoch"].to_numpy(float), line["mean"].to_numpy(float)
@@ -122,10 +126,7 @@ def final_vs_bs(summary: pd.DataFrame, colors: dict, name: str, title: str) -> F
     cols = list(pd.unique(summary["col"]))
     sns.set_theme(style="whitegrid", font_scale=0.8)
     fig, axes = _grid(rows, cols, sharex=True, sharey="col")
-    for (r, c), panel in summary.groupby(["row", "col"], sort=False):
-        if r not in rows:
-            continue
-        ax = axes[rows.index(r), cols.index(c)]
+    for ax, panel in _panels(summary, rows, cols, axes):
         for norm, pts in panel.groupby("norm", sort=False):
             pts = pts.sort_values("bs")
             ax.errorbar(pts["bs"].to_numpy(float), pts["mean"].to_numpy(float),
@@ -150,13 +151,10 @@ def heatmap(summary: pd.DataFrame, norms: list[str], directions: dict, name: str
     cols = list(pd.unique(summary["col"]))
     sns.set_theme(style="white", font_scale=0.8)
     fig, axes = _grid(rows, cols, panel=(4.5, 3.2))
-    for (r, c), panel in summary.groupby(["row", "col"], sort=False):
-        if r not in rows:
-            continue
-        ax = axes[rows.index(r), cols.index(c)]
+    for ax, panel in _panels(summary, rows, cols, axes):
         grid = panel.pivot_table(index="norm", columns="bs", values="mean", aggfunc="first")
         grid = grid.reindex([n for n in norms if n in grid.index])
-        cmap = plt.get_cmap("viridis_r" if directions.get(c) == "min" else "viridis")
+        cmap = plt.get_cmap("viridis_r" if directions.get(panel["col"].iloc[0]) == "min" else "viridis")
         values = grid.to_numpy(dtype=float)
         low, high = np.nanmin(values), np.nanmax(values)
         ax.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis import plots, stats
-from analysis.cells import SECTION, label, norm_order, sort_cells
+from analysis.cells import SECTION, label, norm_order, select, sort_cells
 from analysis.document import Section
 from analysis.tables import bn_modes_table, comparison_table, final_table, metric_label, time_table
 
@@ -56,13 +56,6 @@ def analyse(runs: pd.DataFrame, final: pd.DataFrame, keys: list[str], baseline: 
         norms=norm_order(runs["norm"], baseline), baseline=baseline, alpha=alpha)
 
 
-def _in_section(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
-    mask = pd.Series(True, index=frame.index)
-    for k, v in where.items():
-        mask &= frame[k] == v
-    return frame[mask]
-
-
 def table_metrics(summary: pd.DataFrame) -> list[tuple[str, str]]:
     """Evaluation metrics (not train, not timing) in display order: test first, then by name.
 
@@ -78,8 +71,8 @@ def section(an: Analysis, where: dict, curves: Callable[[str, str, list], pd.Dat
     a metric's per-epoch values of those runs (run_id, epoch, value)."""
     slug = "-".join(str(where[k]) for k in SECTION)
     row_keys = [k for k in an.keys if k not in SECTION and k != "norm"]
-    runs = _in_section(an.runs, where)
-    summary = _in_section(an.summary, where)
+    runs = select(an.runs, where)
+    summary = select(an.summary, where)
     metrics = table_metrics(summary)
     sec = Section(id=slug, title=" / ".join(f"{k} {where[k]}" for k in SECTION))
     n_cells = len(runs[["norm", *row_keys]].drop_duplicates())
@@ -99,14 +92,14 @@ def _tables(sec, an: Analysis, where: dict, slug: str, runs, summary, row_keys, 
     keys = ["norm", *row_keys]
     cells = sort_cells(runs[keys].drop_duplicates(), keys, an.norms)
     sec.tables.append(final_table(f"{slug}_final", "Final metrics", cells, summary,
-                                  _in_section(an.excluded, where), row_keys, metrics))
+                                  select(an.excluded, where), row_keys, metrics))
     if (summary["split"] == "test_precise").any():
         with_modes = cells.merge(summary.loc[summary["split"] == "test_precise", keys].drop_duplicates(),
                                  on=keys)
         sec.tables.append(bn_modes_table(f"{slug}_bn_modes", "BN evaluation: EMA, PreciseBN, batch "
                                          "statistics", with_modes, summary,
-                                         _in_section(an.paired, where), row_keys, an.alpha))
-    comparison = _in_section(an.comparison, where) if not an.comparison.empty else an.comparison
+                                         select(an.paired, where), row_keys, an.alpha))
+    comparison = select(an.comparison, where) if not an.comparison.empty else an.comparison
     if not comparison.empty:
         wanted = set(metrics)
         comparison = comparison[[p in wanted for p in zip(comparison["split"], comparison["name"],
@@ -117,8 +110,8 @@ def _tables(sec, an: Analysis, where: dict, slug: str, runs, summary, row_keys, 
     elif runs["norm"].nunique() > 1:
         sec.paragraphs.append(f"No comparison with the baseline '{an.baseline}': it has no completed "
                               "run in the cells of the other norms (choose another with --baseline).")
-    sec.tables.append(time_table(f"{slug}_time", "Time cost", cells, _in_section(an.durations, where),
-                                 _in_section(an.per_epoch, where), row_keys))
+    sec.tables.append(time_table(f"{slug}_time", "Time cost", cells, select(an.durations, where),
+                                 select(an.per_epoch, where), row_keys))
 
 
 def _figures(sec, an: Analysis, slug: str, runs, summary, row_keys, metrics, curves) -> None:

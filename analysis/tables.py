@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis import stats
-from analysis.cells import fmt_value
+from analysis.cells import fmt_value, select
 
 
 @dataclass
@@ -123,9 +123,7 @@ def bn_modes_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataF
     rows = []
     for cell in cells[keys].itertuples(index=False):
         where = dict(zip(keys, cell, strict=True))
-        mine = summary
-        for k, v in where.items():
-            mine = mine[mine[k] == v]
+        mine = select(summary, where)
         for metric in sorted(set(mine.loc[mine["split"] == "test_precise", "name"])):
             if stats.is_timing(metric):
                 continue
@@ -135,9 +133,7 @@ def bn_modes_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataF
                 if len(hit):
                     mean, std, n = hit[["mean", "std", "n"]].iloc[0]
                     row[label_] = fmt_mean_std(mean, std, int(n))
-            pair = paired
-            for k, v in {**where, "name": metric}.items():
-                pair = pair[pair[k] == v]
+            pair = select(paired, {**where, "name": metric})
             if len(pair):
                 d = pair.iloc[0]
                 m = stats.mark(d["p"], int(d["n"]), int(d["n"]), alpha)

@@ -11,20 +11,33 @@ Seed 002's 0.1135 is the `test` split of a model whose `test_batchstats` is fine
 `test` lagging `test_precise` at large batch sizes.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from bench.precise_bn import stat_layers, update_bn_stats
 
 
-def _snapshot(layers):
-    return {m: [b.clone() for b in m.buffers(recurse=False)] for m in layers}
-
-
-def _restore(saved) -> None:
-    for m, buffers in saved.items():
-        for b, old in zip(m.buffers(recurse=False), buffers, strict=True):
-            b.copy_(old)
+@contextmanager
+def untouched(*modules: nn.Module, train: bool | None = None) -> Iterator[None]:
+    """For a probe that must not change the models: every buffer (BN running statistics) and
+    every submodule's train/eval mode are restored afterwards. `train`: the mode to probe in."""
+    saved = [([(b, b.clone()) for b in m.buffers()], {s: s.training for s in m.modules()})
+             for m in modules]
+    try:
+        if train is not None:
+            for m in modules:
+                m.train(train)
+        yield
+    finally:
+        for buffers, modes in saved:
+            for b, copy in buffers:
+                b.copy_(copy)
+            for s, mode in modes.items():
+                s.train(mode)
 
 
 @torch.no_grad()
@@ -41,20 +54,16 @@ def evaluate_three_ways(cfg: DictConfig, model, evaluate, train, test) -> dict[s
     layers = stat_layers(model)
     if not layers or not cfg.bn_eval.modes:
         return out
-    saved = _snapshot(layers)
     gen = torch.Generator(device=train.images.device).manual_seed(cfg.seed + 1)
-    try:
+    with untouched(model):  # the EMA buffers are put back after each pass
         precise_batches = train.replace(generator=gen, composition=cfg.batch_composition.precise)
         update_bn_stats(model, precise_batches, cfg.bn_eval.precise_samples)
         model.eval()
         out["test_precise"] = evaluate(model, test)
-        _restore(saved)
+    with untouched(model):
         for m in layers:
             m.train()
         # drop_last: a last batch of one sample has no batch statistics to speak of.
         out["test_batchstats"] = evaluate(model, test.replace(
             batch_size=min(cfg.bs, len(test.labels)), drop_last=True))
-    finally:
-        _restore(saved)
-        model.eval()
     return out

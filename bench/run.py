@@ -77,16 +77,13 @@ def run_job(cfg: DictConfig) -> int | None:
     from bench.validate import check_config
 
     check_config(cfg)  # before torch's import where it can (a mistyped value: one line, fast)
-    from bench.data import load_dataset
     from bench.runtime import pick_device, seed_everything, set_threads
+    from bench.train import data_from_config
 
     device = pick_device(cfg.device)
     threads = set_threads(cfg.threads, parallel_jobs())
     seed_everything(cfg.seed)
-    ds = cfg.dataset
-    data = load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
-                        train_subset=ds.train_subset, test_subset=ds.test_subset,
-                        **ds.get("options", {}))
+    data = data_from_config(cfg)
     with open_results(cfg.db.url) as db:
         return _record_run(cfg, data, device, threads, db)
 

@@ -10,13 +10,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bench.bn_eval import evaluate_three_ways
-from bench.data import dataset_shape
+from bench.data import dataset_shape, load_dataset
 from bench.data.loader import DeviceBatches
 from bench.errors import UserError
 from bench.models import build_model
 from bench.norms import make_norm
 from bench.optim import build_optimizer
-from bench.sched import build_scheduler
+from bench.sched import build_scheduler, check_scheduler
 
 
 def settings(node: DictConfig) -> dict:
@@ -48,6 +48,26 @@ def check_forward(cfg: DictConfig, size: int, forward, what: str = ""):
             f"model '{cfg.model.name}' with norm '{cfg.norm.name}'{what} cannot take {size} px "
             f"images ({' '.join(str(e).split())})"
         ) from None
+
+
+def check_model(cfg: DictConfig) -> tuple[int, ...]:
+    """The checks of a single-model task (classify, autoencode), on the meta device: the model
+    builds and takes the dataset's images, the optimizer and the lr schedule accept their
+    settings. Returns the shape of the model's output for a batch of 2."""
+    channels, size, classes = data_shape(cfg)
+    model = model_from_config(cfg, channels, classes, size)
+    out = check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size)))
+    optimizer_from_config(cfg, model.parameters())
+    check_scheduler(cfg.sched.name, **settings(cfg.sched))
+    return tuple(out.shape)
+
+
+def data_from_config(cfg: DictConfig):
+    """The job's dataset (`bench.data.load_dataset`), with its subsets, as cfg.dataset says."""
+    ds = cfg.dataset
+    return load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
+                        train_subset=ds.train_subset, test_subset=ds.test_subset,
+                        **ds.get("options", {}))
 
 
 def training_setup(cfg: DictConfig, data, device: torch.device, signed: bool = False):

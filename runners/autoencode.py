@@ -20,27 +20,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from bench.errors import UserError
-from bench.sched import check_scheduler
-from bench.train import (
-    check_forward,
-    data_shape,
-    fit,
-    model_from_config,
-    optimizer_from_config,
-    settings,
-    training_setup,
-)
+from bench.train import check_model, data_shape, fit, training_setup
 
 
 def check(cfg: DictConfig) -> None:
-    channels, size, classes = data_shape(cfg)
-    model = model_from_config(cfg, channels, classes, size)
-    shape = tuple(check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size))).shape)
+    channels, size, _ = data_shape(cfg)
+    shape = check_model(cfg)
     if shape != (2, channels, size, size):
         raise UserError(f"model '{cfg.model.name}' returns {shape[1:]} for {(channels, size, size)} "
                         f"images: not an autoencoder")
-    optimizer_from_config(cfg, model.parameters())
-    check_scheduler(cfg.sched.name, **settings(cfg.sched))
 
 
 @torch.no_grad()

@@ -10,24 +10,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from bench.sched import check_scheduler
-from bench.train import (
-    check_forward,
-    data_shape,
-    fit,
-    model_from_config,
-    optimizer_from_config,
-    settings,
-    training_setup,
-)
+from bench.train import check_model, fit, training_setup
 
 
 def check(cfg: DictConfig) -> None:
-    channels, size, classes = data_shape(cfg)
-    model = model_from_config(cfg, channels, classes, size)
-    check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size)))
-    optimizer_from_config(cfg, model.parameters())
-    check_scheduler(cfg.sched.name, **settings(cfg.sched))
+    check_model(cfg)
 
 
 @torch.no_grad()

@@ -1,34 +1,14 @@
 """The GAN runner's per-epoch probes of G and D (definitions of the metrics in `bench.metrics`)."""
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from bench.bn_eval import untouched
 from bench.metrics.uniformity import batch_uniformity
 from bench.precise_bn import stat_layers, update_bn_stats
-
-
-@contextmanager
-def untouched(*modules: nn.Module, train: bool | None = None) -> Iterator[None]:
-    """For a probe that must not change the models: every buffer (BN running statistics) and
-    every submodule's train/eval mode are restored afterwards. `train`: the mode to probe in."""
-    saved = [(m, [(b, b.clone()) for b in m.buffers()], {s: s.training for s in m.modules()})
-             for m in modules]
-    try:
-        if train is not None:
-            for m in modules:
-                m.train(train)
-        yield
-    finally:
-        for _, buffers, modes in saved:
-            for b, copy in buffers:
-                b.copy_(copy)
-            for s, mode in modes.items():
-                s.train(mode)
 
 
 def train_mode_untouched(*modules: nn.Module):

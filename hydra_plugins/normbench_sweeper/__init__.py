@@ -124,15 +124,11 @@ def _has_prepare(cfg) -> bool:
 def _prepare_job(cfg) -> None:
     """The task's `prepare` with the job's data and device, as `bench.run` calls it; the job's own
     call then finds the result cached."""
-    from bench.data import load_dataset
     from bench.runtime import pick_device
+    from bench.train import data_from_config
     from runners import RUNNERS
 
-    ds = cfg.dataset
-    data = load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
-                        train_subset=ds.train_subset, test_subset=ds.test_subset,
-                        **ds.get("options", {}))
-    RUNNERS[cfg.task.name].prepare(cfg, data, pick_device(cfg.device))
+    RUNNERS[cfg.task.name].prepare(cfg, data_from_config(cfg), pick_device(cfg.device))
 
 
 def _prepare_dataset(ds, root) -> None:
