@@ -105,10 +105,6 @@ def check_config(cfg: DictConfig) -> None:
         divisors = ", ".join(str(d) for d in range(1, cfg.bs + 1) if cfg.bs % d == 0)
         raise UserError(f"accum_steps={cfg.accum_steps} does not divide bs={cfg.bs} "
                         f"(allowed: the divisors of bs, {divisors})")
-    if cfg.accum_steps != 1 and cfg.task.name == "gan":
-        raise UserError(f"accum_steps={cfg.accum_steps} is not supported by task gan (allowed: 1)")
-    if cfg.sched.name != "constant" and cfg.task.name == "gan":
-        raise UserError(f"sched '{cfg.sched.name}' is not supported by task gan (allowed: constant)")
     if cfg.bn_eval.modes not in (True, False):
         raise UserError(f"bn_eval.modes={cfg.bn_eval.modes!r} is not allowed (allowed: true, false)")
     _positive(cfg, "lr", float)

@@ -96,6 +96,11 @@ def _check_task(t: DictConfig) -> None:
 
 
 def check(cfg: DictConfig) -> None:
+    # One D step and one G step per batch, at fixed learning rates (the seed's setup).
+    if cfg.accum_steps != 1:
+        raise UserError(f"accum_steps={cfg.accum_steps} is not supported by task gan (allowed: 1)")
+    if cfg.sched.name != "constant":
+        raise UserError(f"sched '{cfg.sched.name}' is not supported by task gan (allowed: constant)")
     _check_task(cfg.task)
     channels, size, classes = data_shape(cfg)
 
