@@ -7,6 +7,11 @@
   are put back, so training goes on exactly as it would have;
 - split `test_batchstats`: the statistics layers in train mode at test time, each test batch of
   the *training* batch size normalised by its own statistics (running buffers left untouched).
+  The test set is taken in one fixed shuffled order (`batchstats_order`: the same for every run,
+  so runs are compared on the same batches; a test set stored sorted by class would otherwise give
+  one-class batches), cut into batches of min(bs, test images); the last batch is filled up with
+  images from the start of that order, which are not scored again (`filled_batches`).
+All three splits score every test image exactly once.
 Seed 002's 0.1135 is the `test` split of a model whose `test_batchstats` is fine; seed 004 shows
 `test` lagging `test_precise` at large batch sizes.
 """
@@ -19,6 +24,16 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bench.precise_bn import stat_layers, update_bn_stats
+
+# The test order of the batch-statistics split is drawn from this seed, not the run's: every run
+# (any seed, norm or batch size) then sees the same test images in the same order.
+BATCHSTATS_ORDER_SEED = 0
+
+
+def batchstats_order(n: int, device) -> torch.Tensor:
+    """The fixed shuffled order of n test samples for batch-statistics evaluation. Drawn on the
+    CPU, so it is the same on every device."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(BATCHSTATS_ORDER_SEED)).to(device)
 
 
 @contextmanager
@@ -45,7 +60,8 @@ def evaluate_three_ways(cfg: DictConfig, model, evaluate, train, test) -> dict[s
     """{split: evaluate(model, batches)} for `test`, and for a model with statistics layers (and
     `bn_eval.modes`) also `test_precise` and `test_batchstats`.
 
-    evaluate(model, batches) -> {metric name: value} runs the model in whatever mode it is in.
+    evaluate(model, batches) -> {metric name: value} runs the model in whatever mode it is in and
+    scores `model(x)[:len(y)]` of each batch (x, y) (see `DeviceBatches`' `fill_last`).
     train, test: the run's `DeviceBatches`; the extra passes use their own copies (with their own
     generator), so the training data order does not depend on whether these are recorded.
     """
@@ -63,7 +79,8 @@ def evaluate_three_ways(cfg: DictConfig, model, evaluate, train, test) -> dict[s
     with untouched(model):
         for m in layers:
             m.train()
-        # drop_last: a last batch of one sample has no batch statistics to speak of.
+        n = len(test.labels)
         out["test_batchstats"] = evaluate(model, test.replace(
-            batch_size=min(cfg.bs, len(test.labels)), drop_last=True))
+            batch_size=min(cfg.bs, n), order=batchstats_order(n, test.images.device),
+            fill_last=True))
     return out

@@ -37,9 +37,10 @@ def evaluate(model, batches, amp) -> dict[str, float]:
     mode the caller set (`loss` and `mse` are the same number)."""
     total = torch.zeros((), device=batches.images.device)
     n = 0
-    for x, _ in batches:
+    for x, y in batches:
         with amp:
-            out = model(x)
+            out = model(x)[:len(y)]  # a filled-up batch carries extra images (DeviceBatches)
+        x = x[:len(y)]
         total += F.mse_loss(out.float(), x, reduction="sum")
         n += x.numel()
     mse = total.item() / n

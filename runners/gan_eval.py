@@ -6,7 +6,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from bench.bn_eval import untouched
+from bench.bn_eval import batchstats_order, untouched
+from bench.data.loader import filled_batches
 from bench.metrics.uniformity import batch_uniformity
 from bench.precise_bn import stat_layers, update_bn_stats
 
@@ -42,10 +43,20 @@ def uniformity(G, D, train, batches: int, generator: torch.Generator, amp) -> di
             "d_uniformity_fake": batch_uniformity(fake)}
 
 
-def _batches(x: torch.Tensor, batch_size: int, even: bool) -> tuple[torch.Tensor, ...]:
-    """x in batches of `batch_size`; `even`: in ceil(n / batch_size) batches of nearly equal size
-    instead (batch statistics of a last batch of one sample would mean nothing)."""
-    return x.tensor_split(math.ceil(len(x) / batch_size)) if even else x.split(batch_size)
+def _run(net, x: torch.Tensor, batch_size: int, batch_stats: bool, order=None) -> torch.Tensor:
+    """net over x in batches of `batch_size`, float32, in x's order. With `batch_stats` the
+    batches are those of `bench.bn_eval`'s batch-statistics split: all exactly `batch_size` (a
+    short last batch is filled up, `filled_batches`), taken in `order` (default: as stored); the
+    outputs come back in x's own order, each sample scored once."""
+    if not batch_stats:
+        return torch.cat([net(b).float() for b in x.split(batch_size)])
+    order = torch.arange(len(x), device=x.device) if order is None else order
+    outs, scored = [], []
+    for idx, k in filled_batches(order, min(batch_size, len(x))):
+        outs.append(net(x[idx]).float()[:k])
+        scored.append(idx[:k])
+    # `scored` is a permutation of 0..n-1: sorting by it puts the outputs back in x's order.
+    return torch.cat(outs)[torch.argsort(torch.cat(scored))]
 
 
 @torch.no_grad()
@@ -53,15 +64,16 @@ def evaluate(G, D, z: torch.Tensor, real: torch.Tensor, batch_size: int, amp,
              batch_stats: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """(fakes G makes from `z`, float32; D's accuracy on `real` and on those fakes as
     {'d_acc_real', 'd_acc_fake'}), both in eval mode, or with `batch_stats` in the mode the
-    caller set (train mode: each batch normalised by its own statistics, batches of nearly equal
-    size)."""
+    caller set (train mode: each batch normalised by its own statistics; the real images in the
+    fixed shuffled order of `bench.bn_eval.batchstats_order`, as the other tasks' test images)."""
     if not batch_stats:
         G.eval()
         D.eval()
+    order = batchstats_order(len(real), real.device) if batch_stats else None
     with amp:
-        fakes = torch.cat([G(zb).float() for zb in _batches(z, batch_size, batch_stats)])
-        d_real = torch.cat([D(x).float() for x in _batches(real, batch_size, batch_stats)])
-        d_fake = torch.cat([D(f).float() for f in _batches(fakes, batch_size, batch_stats)])
+        fakes = _run(G, z, batch_size, batch_stats)
+        d_real = _run(D, real, batch_size, batch_stats, order)
+        d_fake = _run(D, fakes, batch_size, batch_stats)
     return fakes, {"d_acc_real": (d_real > 0).float().mean().item(),
                    "d_acc_fake": (d_fake < 0).float().mean().item()}
 

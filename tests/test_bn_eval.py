@@ -23,14 +23,23 @@ def setup(norm=nn.BatchNorm2d, modes=True, samples=64):
     kw = {"mean": [0.5], "std": [0.5]}
     train = DeviceBatches(x_train, torch.zeros(64, dtype=torch.long), 16, shuffle=True,
                           drop_last=True, generator=torch.Generator().manual_seed(2), **kw)
-    test = DeviceBatches(x_test, torch.zeros(20, dtype=torch.long), 7, **kw)
+    # Labels 0..19 name the test images, so a test can see which images a split scored.
+    test = DeviceBatches(x_test, torch.arange(20), 7, **kw)
     cfg = OmegaConf.create({"bs": 8, "seed": 0, "batch_composition": {"precise": "random"},
                             "bn_eval": {"modes": modes, "precise_samples": samples}})
     return cfg, model, train, test
 
 
 def outputs(model, batches):
-    return {"out": torch.cat([model(x) for x, _ in batches])}
+    """The evaluation contract: a batch (x, y) scores model(x)[:len(y)], the images y names."""
+    return {"out": torch.cat([model(x)[:len(y)] for x, y in batches]),
+            "scored": torch.cat([y for _, y in batches])}
+
+
+def fixed_order(n):
+    # Written out here rather than imported: the batch-statistics order is documented as
+    # torch.randperm(n) from a CPU generator seeded with 0, whatever the run's seed.
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
@@ -51,10 +60,17 @@ def test_three_splits_match_pytorch_references():
     precise[1].running_var.copy_(h.var(dim=(0, 2, 3), unbiased=False))
     torch.testing.assert_close(got["test_precise"]["out"], precise(x_test), rtol=1e-4, atol=1e-4)
 
-    # Batch statistics: test batches of the training batch size (8), last short batch dropped.
+    # Batch statistics: the 20 test images in the fixed shuffled order, in batches of the
+    # training batch size (8): 8, 8, then the last 4 filled up with the first 4 of the order,
+    # whose outputs are not scored again.
     per_batch = copy.deepcopy(model).train()
-    ref = torch.cat([per_batch(x_test[i:i + 8]) for i in (0, 8)])
+    p = fixed_order(20)
+    ref = torch.cat([per_batch(x_test[p[:8]]), per_batch(x_test[p[8:16]]),
+                     per_batch(x_test[torch.cat((p[16:], p[:4]))])[:4]])
     torch.testing.assert_close(got["test_batchstats"]["out"], ref)
+    # Every split scored each of the 20 test images exactly once.
+    for split in ("test", "test_precise", "test_batchstats"):
+        assert sorted(got[split]["scored"].tolist()) == list(range(20)), split
 
     # Nothing the training depends on has moved: EMA buffers, data order, mode.
     for b, old in zip(model[1].buffers(), before, strict=True):
@@ -66,8 +82,10 @@ def test_three_splits_match_pytorch_references():
 def test_stale_ema_is_what_precise_and_batch_statistics_repair():
     cfg, model, train, test = setup()
     got = evaluate_three_ways(cfg, model, outputs, train, test)
-    gap_ema = (got["test"]["out"][:16] - got["test_batchstats"]["out"]).abs().mean()
-    gap_precise = (got["test_precise"]["out"][:16] - got["test_batchstats"]["out"]).abs().mean()
+    # Put the batch-statistics outputs back in test-set order before comparing image by image.
+    batchstats = got["test_batchstats"]["out"][torch.argsort(got["test_batchstats"]["scored"])]
+    gap_ema = (got["test"]["out"] - batchstats).abs().mean()
+    gap_precise = (got["test_precise"]["out"] - batchstats).abs().mean()
     assert gap_precise < gap_ema / 3
 
 
@@ -76,3 +94,13 @@ def test_only_ema_split_without_statistics_layers_or_when_switched_off():
     assert set(evaluate_three_ways(cfg, model, outputs, train, test)) == {"test"}
     cfg, model, train, test = setup(modes=False)
     assert set(evaluate_three_ways(cfg, model, outputs, train, test)) == {"test"}
+
+
+@torch.no_grad()
+def test_batchstats_with_bs_above_the_test_set_is_one_batch_of_all_images():
+    cfg, model, train, test = setup()
+    cfg.bs = 64  # more than the 20 test images
+    got = evaluate_three_ways(cfg, model, outputs, train, test)
+    p = fixed_order(20)
+    torch.testing.assert_close(got["test_batchstats"]["out"],
+                               copy.deepcopy(model).train()(torch.cat([x for x, _ in test])[p]))

@@ -182,6 +182,26 @@ class BatchMean(nn.Module):
         return x.mean().expand(len(x))
 
 
+def test_batch_statistics_evaluation_batches_like_the_other_tasks():
+    """D's batch-statistics pass over 20 real images at bs 8: the fixed shuffled order (randperm
+    from a CPU generator seeded 0), batches 8, 8 and the last 4 filled up with the first 4 of the
+    order; each image scored once, returned in the images' own order."""
+    from bench.bn_eval import batchstats_order
+    from runners.gan_eval import _run
+
+    x = torch.arange(20.0)[:, None, None, None]
+    p = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+
+    got = _run(BatchMean(), x, 8, batch_stats=True, order=batchstats_order(20, "cpu"))
+    want = torch.empty(20)
+    for new, batch in ((p[:8], p[:8]), (p[8:16], p[8:16]), (p[16:], torch.cat((p[16:], p[:4])))):
+        want[new] = x[batch].mean()
+    torch.testing.assert_close(got, want)
+    # In eval mode: plain batches in stored order, 8, 8, 4.
+    want_eval = torch.cat([x[i:i + 8].mean().expand(len(x[i:i + 8])) for i in (0, 8, 16)])
+    torch.testing.assert_close(_run(BatchMean(), x, 8, batch_stats=False), want_eval)
+
+
 def test_uniformity_probe_sees_a_batch_level_score():
     from contextlib import nullcontext
 

@@ -109,3 +109,22 @@ def test_homogeneous_batches_hold_one_or_two_classes_and_cover_the_epoch():
         assert sorted(seen) == list(range(60))  # one pass over every sample
     random_classes = [len(set(yb.tolist())) for _, yb in b.replace(composition="random")]
     assert max(random_classes) > 2  # the default mixes classes
+
+
+def test_filled_batches_score_every_index_once_in_batches_of_equal_size():
+    from bench.data.loader import filled_batches
+
+    order = torch.tensor([5, 3, 0, 1, 4, 2, 6])
+    got = [(idx.tolist(), k) for idx, k in filled_batches(order, 3)]
+    assert got == [([5, 3, 0], 3), ([1, 4, 2], 3), ([6, 5, 3], 1)]
+    assert [(idx.tolist(), k) for idx, k in filled_batches(order, 7)] == [(order.tolist(), 7)]
+    assert [(idx.tolist(), k) for idx, k in filled_batches(order, 50)] == [(order.tolist(), 7)]
+
+
+def test_fill_last_batches_yield_extra_images_but_only_the_new_labels():
+    x = torch.arange(7, dtype=torch.uint8).reshape(7, 1, 1, 1)
+    batches = DeviceBatches(x, torch.arange(7), 3, mean=[0.0], std=[1 / 255], fill_last=True,
+                            order=torch.tensor([6, 5, 4, 3, 2, 1, 0]))
+    got = [(xb.flatten().tolist(), yb.tolist()) for xb, yb in batches]
+    assert len(batches) == 3
+    assert got == [([6, 5, 4], [6, 5, 4]), ([3, 2, 1], [3, 2, 1]), ([0, 6, 5], [0])]

@@ -43,6 +43,28 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
 COMPOSITIONS = ("random", "homogeneous")
 
 
+def filled_batches(order: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, int]]:
+    """`order` (indices) cut into batches of exactly `batch_size`, each as (indices, k): the
+    first k indices are new, and a short last batch is filled up with indices from the start of
+    `order`, which are not new. Every index is new in exactly one batch.
+
+    For evaluation with batch statistics: every batch has the size BN saw in training (a last
+    batch of 1 image would have no statistics at all), and every sample is scored once.
+    With batch_size >= len(order) there is one batch: all of `order`.
+    """
+    n = len(order)
+    if batch_size >= n:
+        return [(order, n)]
+    out = []
+    for lo in range(0, n, batch_size):
+        idx = order[lo:lo + batch_size]
+        k = len(idx)
+        if k < batch_size:
+            idx = torch.cat((idx, order[:batch_size - k]))
+        out.append((idx, k))
+    return out
+
+
 class DeviceBatches:
     """Iterate (images, labels) batches over uint8 images held on the device.
 
@@ -50,12 +72,17 @@ class DeviceBatches:
     Yields float32 images (B, C, H, W) normalised as (x/255 - mean) / std and labels (B,).
     `shuffle` draws a new permutation each epoch from `generator`; `drop_last` drops the final
     short batch (for training: a batch of 1 would break BN, and every step then sees `bs` samples).
+    `order` (indices, no shuffle) fixes the order of the samples; `fill_last` fills a short last
+    batch up to `batch_size` from the start of the order (`filled_batches`): then a batch may hold
+    more images than labels, len(x) >= len(y), and only the first len(y) images are new. The
+    others are there for the batch statistics only, and evaluations score `model(x)[:len(y)]`.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  mean, std, shuffle: bool = False, drop_last: bool = False, flip: bool = False,
                  shift: int = 0, generator: torch.Generator | None = None,
-                 channels_last: bool = False, composition: str = "random"):
+                 channels_last: bool = False, composition: str = "random",
+                 order: torch.Tensor | None = None, fill_last: bool = False):
         if batch_size > len(images):
             raise ValueError(f"batch size {batch_size} > {len(images)} samples")
         self.images, self.labels, self.batch_size = images, labels, batch_size
@@ -63,7 +90,7 @@ class DeviceBatches:
         self.generator, self.channels_last = generator, channels_last
         if composition not in COMPOSITIONS:
             raise ValueError(f"unknown batch composition {composition!r} (allowed: {COMPOSITIONS})")
-        self.composition = composition
+        self.composition, self.order, self.fill_last = composition, order, fill_last
         c = images.shape[1]
         shape = (1, c, 1, 1)
         mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).expand(c)
@@ -86,10 +113,15 @@ class DeviceBatches:
 
     def __len__(self) -> int:
         n, bs = len(self.images), self.batch_size
-        return n // bs if self.drop_last else -(-n // bs)
+        return n // bs if self.drop_last and not self.fill_last else -(-n // bs)
 
     def __iter__(self):
         n = len(self.images)
+        if self.fill_last:
+            order = self.order if self.order is not None else torch.arange(n, device=self.images.device)
+            for idx, k in filled_batches(order, self.batch_size):
+                yield self._prepare(self.images[idx]), self.labels[idx[:k]]
+            return
         batch_order = range(len(self))
         if self.shuffle:
             dev = self.images.device
@@ -100,7 +132,7 @@ class DeviceBatches:
                 order = order.roll(shift)
                 batch_order = torch.randperm(len(self), device=dev, generator=self.generator).tolist()
         else:
-            order = None
+            order = self.order
         for i in batch_order:
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if order is None:
@@ -108,11 +140,15 @@ class DeviceBatches:
             else:
                 idx = order[lo:hi]
                 x, y = self.images[idx], self.labels[idx]
-            if self.flip:
-                x = random_flip(x, self.generator)
-            if self.shift:
-                x = random_shift(x, self.shift, self.generator)
-            x = torch.addcmul(self.bias, x.float(), self.scale)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield self._prepare(x), y
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> augmented, normalised float32 in the configured memory layout."""
+        if self.flip:
+            x = random_flip(x, self.generator)
+        if self.shift:
+            x = random_shift(x, self.shift, self.generator)
+        x = torch.addcmul(self.bias, x.float(), self.scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
