@@ -109,7 +109,7 @@ def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
     run_id = db.start_run(task=cfg.task.name, dataset=ds.name, model=cfg.model.name,
                           norm=cfg.norm.name, bs=cfg.bs, lr=cfg.lr, seed=cfg.seed,
                           epochs=cfg.epochs, config=config, config_hash=digest,
-                          output_dir=out_dir, device=str(device))
+                          output_dir=out_dir, device=str(device), threads=threads)
     log.info("run %d: %s %s/%s norm=%s bs=%d lr=%g seed=%d on %s (%d threads)", run_id,
              cfg.task.name, ds.name, cfg.model.name, cfg.norm.name, cfg.bs, cfg.lr, cfg.seed,
              device, threads)

@@ -1,6 +1,6 @@
 """Opening the results database: engine, SQLite settings for parallel writers, schema.
 
-SQLite with parallel writers (measured on these machines, shared/REFERENCE.md §3): 8 writer
+SQLite with parallel writers (measured on the project's 2-core machines): 8 writer
 processes on one file gave no "database is locked" errors with WAL + busy_timeout + one short
 transaction per call, once the switch of a new file to WAL is retried (`_retry_while_locked`).
 Transactions start with BEGIN IMMEDIATE, which takes the write lock up
@@ -19,7 +19,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -68,6 +68,18 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
+# Columns added to `runs` after its first release, with their SQL types: a file written before
+# gets them (NULL in its old rows) when a writer opens it. Adding a nullable column changes no row.
+ADDED_COLUMNS = {"threads": "INTEGER"}
+
+
+def _add_missing_columns(conn) -> None:
+    have = {c["name"] for c in inspect(conn).get_columns("runs")}
+    for name, sql_type in ADDED_COLUMNS.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}"))
+
+
 def open_engine(url: str) -> Engine:
     """An Engine for `url` with the schema created; a one-line `UserError` if it cannot open."""
     try:
@@ -108,6 +120,7 @@ def open_engine(url: str) -> Engine:
             if kind == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_SCHEMA_LOCK})
             Base.metadata.create_all(conn)
+            _add_missing_columns(conn)
             create_views(conn)  # convenience views and the analysis' indexes (db/views.py)
     except (DBAPIError, engine.dialect.loaded_dbapi.Error) as e:
         engine.dispose()

@@ -29,6 +29,9 @@ Table ``runs``
     host          hostname of the machine that ran it.
     pid           process id of the run on that host.
     device        'cpu', 'cuda', 'cuda:0', ...
+    threads       CPU threads the run's process used (torch.get_num_threads()). CPU reductions
+                  are summed in an order that depends on it, so the same seed gives the same
+                  numbers only at the same thread count. NULL in rows written before it existed.
     torch_version torch version string, 'unknown' if torch was not installed.
     code_version  ``git describe --always --dirty --tags`` of the code, else the package version.
     error         why the run failed or diverged, else NULL.
@@ -117,6 +120,7 @@ class Run(Base):
     host: Mapped[str] = mapped_column(Text)
     pid: Mapped[int] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(Text)
+    threads: Mapped[int | None] = mapped_column(Integer)
     torch_version: Mapped[str] = mapped_column(Text)
     code_version: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)

@@ -90,7 +90,7 @@ class ResultsDB:
     def start_run(
         self, *, task: str, dataset: str, model: str, norm: str, bs: int, lr: float, seed: int,
         epochs: int, config: dict, config_hash: str, output_dir: str | None = None,
-        device: str = "cpu",
+        device: str = "cpu", threads: int | None = None,
     ) -> int:
         """Insert a 'running' row describing this process; returns its id."""
         now = _now()
@@ -99,7 +99,8 @@ class ResultsDB:
             lr=float(lr), seed=int(seed), epochs=int(epochs), epochs_done=0, config=config,
             config_hash=config_hash, output_dir=None if output_dir is None else str(output_dir),
             started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=os.getpid(),
-            device=str(device), torch_version=_torch_version(), code_version=code_version(),
+            device=str(device), threads=None if threads is None else int(threads),
+            torch_version=_torch_version(), code_version=code_version(),
         )
         with self.engine.begin() as conn:
             return conn.execute(insert(Run), row).inserted_primary_key[0]

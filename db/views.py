@@ -43,7 +43,7 @@ JOIN runs AS r ON r.id = m.run_id"""
 _SUMMARY_SELECT = """SELECT r.id AS run_id, r.status, r.task, r.dataset, r.model, r.norm, r.bs, r.lr,
        r.seed, r.epochs, r.epochs_done, r.duration_s,
        r.duration_s / NULLIF(r.epochs_done, 0) AS s_per_epoch,
-       r.started_at, r.ended_at, r.host, r.device, r.error, f.final_metrics
+       r.started_at, r.ended_at, r.host, r.device, r.error, f.final_metrics, r.threads
 FROM runs AS r
 LEFT JOIN (SELECT run_id, {json_agg}(split || '/' || name, value) AS final_metrics
            FROM run_final GROUP BY run_id) AS f ON f.run_id = r.id"""

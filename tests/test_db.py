@@ -239,3 +239,22 @@ def test_switch_to_wal_waits_for_a_writer(tmp_path):
     assert time.monotonic() - t0 >= 0.3  # it waited for the commit instead of failing
     other.close()
     assert _sql(path, "PRAGMA journal_mode") == [dict(journal_mode="wal")]
+
+
+def test_threads_recorded_and_added_to_a_file_written_before_the_column(tmp_path):
+    path = tmp_path / "old.db"
+    db = ResultsDB(f"sqlite:///{path}")
+    first = db.start_run(**RUN)
+    db.close()
+    # A file as the release before `runs.threads` wrote it: the same table without the column.
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP VIEW run_summary")
+        conn.execute("ALTER TABLE runs DROP COLUMN threads")
+    assert "threads" not in {r["name"] for r in _sql(path, "PRAGMA table_info(runs)")}
+    db = ResultsDB(f"sqlite:///{path}")
+    second = db.start_run(**RUN, threads=3)
+    db.close()
+    rows = _sql(path, "SELECT id, threads, config_hash FROM runs ORDER BY id")
+    assert rows == [{"id": first, "threads": None, "config_hash": "a" * 64},
+                    {"id": second, "threads": 3, "config_hash": "a" * 64}]
+    assert _sql(path, "SELECT threads FROM run_summary WHERE run_id = ?", second) == [{"threads": 3}]
