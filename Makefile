@@ -11,22 +11,33 @@ REPORT ?= reports
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## virtualenv in .venv with the suite and its tools (idempotent)
+install: $(VENV)/.installed ## virtualenv in .venv with the suite and its tools, and the default dataset (idempotent)
 
+# PYTHONWARNINGS reaches setuptools in pip's build environment: it silences the 10-line
+# "Editable installation ... folders with the same name" block, which warns about nothing here
+# (the packages are imported from this checkout on purpose).
 $(VENV)/.installed: pyproject.toml
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e '.[dev]'
+	@$(MAKE) --no-print-directory data
 	@touch $@
 
-data: ## offline Fashion-MNIST from Debian's dataset-fashion-mnist (needs root; optional)
+FMNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+
+data: ## the default dataset, Fashion-MNIST: Debian's dataset-fashion-mnist where apt works, else says what to do
 	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
-		echo "Fashion-MNIST: already in /usr/share/datasets/fashion-mnist"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Fashion-MNIST: in /usr/share/datasets/fashion-mnist"; \
+	elif [ -f data/fashion_mnist/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: in data/fashion_mnist"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-		 (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
-		&& echo "Fashion-MNIST: installed in /usr/share/datasets/fashion-mnist"; \
-	else echo "Fashion-MNIST: run 'sudo apt-get install dataset-fashion-mnist' (optional)"; fi
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)); then \
+		echo "Fashion-MNIST: installed in /usr/share/datasets/fashion-mnist"; \
+	else echo "Fashion-MNIST (the default dataset) is not on disk. The first run downloads it if this machine"; \
+		echo "  reaches the internet. Otherwise: 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu),"; \
+		echo "  or put $(FMNIST_FILES) in data/fashion_mnist/."; \
+		echo "  'make demo' needs none of this (it uses scikit-learn's digits)."; fi
 
 browser: ## Debian's Chromium, for the report's browser check (needs root; optional)
 	@if command -v chromium >/dev/null; then echo "Chromium: $$(command -v chromium)"; \

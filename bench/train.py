@@ -90,8 +90,9 @@ def optimizer_from_config(cfg: DictConfig, params) -> torch.optim.Optimizer:
 def use_channels_last(cfg: DictConfig) -> bool:
     # `python -m bench.speed.data_path --model M` on a 2-core CPU (torch 2.14), channels_last vs
     # NCHW per training step: convnet 1.09x at bs 2 .. 1.51x at bs 512; cnn4 1.09-1.16x at every
-    # bs; resnet18 0.77x at bs 2, 0.90x at 32, 1.07x at 128, 1.21x at 512. REFERENCE.md §4 saw a
-    # 4-layer CNN 1.5x slower at bs 2. bs >= 32 keeps the big losses away and most of the gains.
+    # bs; resnet18 0.77x at bs 2, 0.90x at 32, 1.07x at 128, 1.21x at 512. An earlier measurement here
+    # (4-layer CNN, 32 px, 2 threads) had channels_last 1.5x slower at bs 2 (6.1 vs 4.1 ms).
+    # bs >= 32 keeps the big losses away and most of the gains.
     return cfg.bs >= 32 if cfg.channels_last == "auto" else bool(cfg.channels_last)
 
 

@@ -1,6 +1,7 @@
 """The classifier behind the GAN's classifier-feature scores: trained by the suite, cached on disk.
 
-No Inception weights can be downloaded here (shared/REFERENCE.md §3), so `cfid`, `ckid` and `cis`
+FID/IS packages download their Inception weights from a URL at first use, which an offline
+machine cannot do, so `cfid`, `ckid` and `cis`
 use a classifier of the model registry trained on the same dataset, on pixels in [-1, 1] (the
 generator's range). It is trained once per dataset and config and cached at
 
