@@ -49,16 +49,24 @@ PAGE = jinja2.Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{{ doc.title }}</title>
 <style>
-body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1240px; color: #222; }
+/* The page never scrolls sideways (analysis/browser_check.py checks it at 1300 and 800 px):
+   content is at most 1200 px, the figures' width (analysis/panels.py), a table wider than the
+   window scrolls inside its own box, and long words (URLs, settings lists) wrap. */
+*, *::before, *::after { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; padding: 0 16px; max-width: 1232px;
+       color: #222; overflow-wrap: anywhere; }
 h1 { font-size: 24px; } h2 { border-bottom: 2px solid #ccc; margin-top: 36px; } h3 { margin-top: 24px; }
-table { border-collapse: collapse; margin: 6px 0 12px; font-variant-numeric: tabular-nums; }
+.table-scroll { max-width: 100%; overflow-x: auto; margin: 6px 0 12px; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; overflow-wrap: normal; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; white-space: nowrap; }
 th { background: #eef2f7; } tbody tr:nth-child(even) { background: #fafafa; }
 td strong { color: #0a5; }
-.note, .caption { color: #555; font-size: 12px; max-width: 1000px; }
+.note, .caption { color: #555; font-size: 13px; max-width: 1000px; }
 .block { margin: 14px 0 2px; }
-nav ul { columns: 2; } img { max-width: 100%; border: 1px solid #ddd; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; }
+nav ul { columns: 2 300px; }
+figure { margin: 16px 0; }
+img { display: block; width: 100%; height: auto; outline: 1px solid #ddd; }  /* outline: no width added */
+dl { display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 2px 16px; }
 dt { font-weight: 600; } dd { margin: 0; }
 </style></head>
 <body>

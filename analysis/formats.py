@@ -83,19 +83,21 @@ def to_latex(table: Table) -> str:
 
 
 def to_html(table: Table) -> str:
-    """An HTML fragment (escaped): title, one <table> per block, the note."""
+    """An HTML fragment (escaped): title, one <table> per block, the note. Each table sits in a
+    `table-scroll` box (document.py's CSS), which scrolls sideways when the table is wider than
+    the window, so the page itself never does."""
     esc = html.escape
     out = [f'<h3 id="{esc(table.name)}">{esc(table.title)}</h3>']
     for heading, data, bold in _blocks(table):
         if heading is not None:
             out.append(f'<p class="block">{esc(table.block)} = <b>{esc(str(heading))}</b></p>')
-        out.append("<table><thead><tr>" + "".join(f"<th>{esc(str(c))}</th>" for c in data.columns)
-                   + "</tr></thead><tbody>")
+        head = "".join(f"<th>{esc(str(c))}</th>" for c in data.columns)
+        out.append(f'<div class="table-scroll"><table><thead><tr>{head}</tr></thead><tbody>')
         for (_, row), (_, b) in zip(data.iterrows(), bold.iterrows(), strict=True):
             cells = (f"<td><strong>{esc(str(v))}</strong></td>" if f else f"<td>{esc(str(v))}</td>"
                      for v, f in zip(row, b, strict=True))
             out.append("<tr>" + "".join(cells) + "</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
     if table.note:
         out.append(f'<p class="note">{esc(table.note)}</p>')
     return "\n".join(out)

@@ -21,7 +21,7 @@ from db.cli import DEFAULT_URL  # noqa: F401 (the report's default, as `python -
 from db.engine import open_engine
 
 RUN_COLUMNS = ("id", "status", "task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs",
-               "epochs_done", "duration_s", "error", "config")
+               "epochs_done", "duration_s", "threads", "error", "config")
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def connect(url: str) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(f"cannot open results database {url!r}: not a URL") from None
+    except ArgumentError:  # a path, most likely: the URL of that file is sqlite:/// + path
+        raise UserError(f"cannot open results database {url!r}: not a URL "
+                        f"(did you mean sqlite:///{url}?)") from None
     if parsed.get_backend_name() == "sqlite":
         path = parsed.database
         if not path or path == ":memory:":
@@ -84,6 +85,7 @@ def load_runs(engine: Engine, filters: Filters = Filters()) -> pd.DataFrame:
         runs = pd.read_sql_query(_query(where, params, sql), conn, params=params)
     # SQLite hands back the JSON column as text, PostgreSQL as a dict.
     runs["config"] = [c if isinstance(c, dict) else json.loads(c) for c in runs["config"]]
+    runs["threads"] = runs["threads"].astype("float64")  # all NULL (older rows) would be object None
     return runs.set_index("id")
 
 

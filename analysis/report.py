@@ -3,7 +3,8 @@
 Writes DIR/index.html (self-contained: figures as base64 PNG, no external asset), DIR/report.md
 (figures in DIR/figures/), and DIR/tables/: one .md and .tex per table, and CSVs of the numbers
 behind them (final_metrics.csv, comparisons.csv, time_cost.csv, runs_not_averaged.csv).
-An empty database or a filter that matches nothing is a one-line error and exit status 1.
+An empty database or a filter that matches nothing is a one-line error and exit status 1; a bad
+option (`--alpha 5`, a `--baseline` that is not a norm of the selected runs) one line and status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from analysis import cells, load
 from bench.errors import UserError
+from db.cli import OneLineParser
 
 # The modules that draw and test (matplotlib, seaborn, scipy: ~2.5 s to import) are imported in
 # build() and write(), after the selection is checked: a mistyped filter is reported at once.
@@ -26,8 +28,25 @@ from bench.errors import UserError
 LISTED_RUNS = 200  # rows of "Runs not averaged" in the page; the CSV has them all
 
 
+class BadOption(UserError):
+    """An option whose allowed values depend on the selected runs (--baseline): exit status 2,
+    as argparse's own errors."""
+
+
+def alpha_value(text: str) -> float:
+    """--alpha: a significance level, 0 < alpha < 1 (5 or 0 would mark everything or nothing)."""
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = float("nan")
+    if not 0 < alpha < 1:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed (allowed: a number with 0 < alpha < 1, "
+                                         "e.g. 0.05)")
+    return alpha
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
     p.add_argument("--db", default=load.DEFAULT_URL, help="results database URL (default: %(default)s)")
     p.add_argument("--out", default="reports", type=Path, help="output directory (default: %(default)s)")
     for key in ("task", "dataset", "model", "norm"):
@@ -35,8 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"only runs with this {key} (repeat or comma-separate for several)")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only runs with this setting, e.g. lr=0.001 or model.width=16 (repeatable)")
-    p.add_argument("--baseline", default="none", help="norm the others are tested against (default: none)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    p.add_argument("--baseline", help="norm the others are tested against, one of the selected runs' "
+                   "norms (default: none, when there are runs of it)")
+    p.add_argument("--alpha", type=alpha_value, default=0.05,
+                   help="significance level, 0 < alpha < 1 (default: %(default)s)")
     p.add_argument("--timings", action="store_true", help="print the time each step took")
     return p.parse_args(argv)
 
@@ -74,6 +95,14 @@ class Clock:
         self.last = now
 
 
+def _threads_fact(threads: pd.Series) -> str:
+    """'1 (20 runs), 2 (1 run)'; missing counts (rows older than runs.threads) as 'not recorded'."""
+    counts = threads.map(lambda t: "not recorded" if t != t else str(int(t))).value_counts()
+    order = sorted(counts.index, key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0))
+    shown = ", ".join(f"{t} ({counts[t]} run{'s' if counts[t] > 1 else ''})" for t in order)
+    return shown if len(counts) > 1 else f"{order[0]} (every run)"
+
+
 def build(opts: argparse.Namespace, clock: Clock):
     """(Document, {csv name: DataFrame}); a UserError when nothing is selected."""
     engine = load.connect(opts.db)
@@ -93,7 +122,13 @@ def build(opts: argparse.Namespace, clock: Clock):
         raise UserError(f"no runs match --where {' '.join(opts.where)} among {len(runs)} runs")
     keys = cells.swept(table)
     runs = runs.loc[table.index]
-    frame = pd.concat([table, runs[["status", "seed", "epochs_done", "duration_s", "error"]]], axis=1)
+    norms = sorted(runs["norm"].unique())
+    if opts.baseline is not None and opts.baseline not in norms:
+        raise BadOption(f"--baseline {opts.baseline!r} is not allowed (allowed: a norm of the selected "
+                        f"runs: {', '.join(norms)})")
+    baseline = "none" if opts.baseline is None else opts.baseline
+    frame = pd.concat([table, runs[["status", "seed", "epochs_done", "duration_s", "threads", "error"]]],
+                      axis=1)
     clock("load runs")
     from analysis.document import Document, Section
     from analysis.sections import analyse, section
@@ -102,7 +137,7 @@ def build(opts: argparse.Namespace, clock: Clock):
     final = load.load_final(engine, filters)
     final = final[final["run_id"].isin(runs.index)]
     clock("load final metrics (SQL)")
-    an = analyse(frame, final, keys, opts.baseline, opts.alpha)
+    an = analyse(frame, final, keys, baseline, opts.alpha)
     clock("statistics")
 
     def curves(split: str, name: str, run_ids) -> pd.DataFrame:
@@ -119,7 +154,8 @@ def build(opts: argparse.Namespace, clock: Clock):
              ("runs", ", ".join(f"{n} {s}" for s, n in counts.items())),
              ("varied", ", ".join(k for k in keys if frame[k].nunique(dropna=False) > 1) or "seed only"),
              ("fixed settings", ", ".join(f"{k}={cells.fmt_value(v)}" for k, v in fixed.items()) or "–"),
-             ("baseline", f"{opts.baseline} (Welch's t-test, alpha {opts.alpha:g})")]
+             ("CPU threads", _threads_fact(runs["threads"])),
+             ("baseline", f"{baseline} (Welch's t-test, alpha {opts.alpha:g})")]
     tail = Section(id="not-averaged", title="Runs not averaged")
     tail.paragraphs.append("Failed, diverged and running runs are left out of every mean above and "
                            "counted per cell in the tables' 'not averaged' column." if len(left)
@@ -130,8 +166,11 @@ def build(opts: argparse.Namespace, clock: Clock):
                                       LISTED_RUNS))
     doc = Document("normbench report", facts, sections + [tail])
     time_cost = an.durations.merge(an.per_epoch, on=keys, how="outer", suffixes=("", "_per_epoch"))
-    listed = list(dict.fromkeys([*keys, "seed", "status", "epochs_done", "epochs", "duration_s", "error"]))
-    csvs = {"final_metrics": an.summary.merge(an.excluded, on=keys, how="left"),
+    listed = list(dict.fromkeys([*keys, "seed", "status", "epochs_done", "epochs", "duration_s", "threads",
+                                 "error"]))
+    final_csv = an.summary.merge(an.excluded, on=keys, how="left").merge(
+        an.threads.rename(columns={"mixed": "threads_mixed"}), on=keys, how="left")
+    csvs = {"final_metrics": final_csv,
             "comparisons": an.comparison, "time_cost": time_cost, "bn_modes": an.paired,
             "runs_not_averaged": left[listed].rename_axis("run_id").reset_index()}
     return doc, csvs
@@ -167,7 +206,7 @@ def main(argv=None) -> int:
         doc, csvs = build(opts, clock)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, BadOption) else 1
     try:
         page = write(doc, csvs, opts.out)
     except OSError as e:

@@ -18,9 +18,9 @@ from analysis.document import Section
 from analysis.tables import bn_modes_table, comparison_table, final_table, metric_label, time_table
 
 # Seed 001's GAN metrics, plotted together over epochs whatever their split: the discriminator's
-# batch uniformity (runners/gan.py: d_uniformity, _real, _fake) and FID. FID here is computed on
-# a classifier's features (no Inception weights offline: shared/REFERENCE.md §3), so it is
-# labelled as such.
+# batch uniformity (runners/gan.py: d_uniformity, _real, _fake) and FID. FID proper uses
+# Inception-v3 features (Heusel et al. 2017, arXiv:1706.08500), whose weights are a download; here
+# it is computed on a classifier's features (offline), so it is labelled as such.
 GAN_CURVES = re.compile(r"uniformity|fid$")
 GAN_TITLES = {"fid": "FID", "cfid": "FID (classifier features, not Inception)"}
 
@@ -35,6 +35,7 @@ class Analysis:
     durations: pd.DataFrame   # keys, mean, std, n of duration_s
     per_epoch: pd.DataFrame   # keys, mean, std, n of duration_s / epochs_done
     paired: pd.DataFrame      # stats.paired: PreciseBN - EMA per cell and metric (BN runs)
+    threads: pd.DataFrame     # stats.thread_counts: keys, threads, mixed (completed runs)
     norms: list[str]          # display order, baseline first
     baseline: str
     alpha: float
@@ -42,7 +43,7 @@ class Analysis:
 
 def analyse(runs: pd.DataFrame, final: pd.DataFrame, keys: list[str], baseline: str,
             alpha: float) -> Analysis:
-    """`runs`: settings + status, ...; `final`: load_final rows of those runs."""
+    """`runs`: settings + status, threads, ...; `final`: load_final rows of those runs."""
     done = runs[runs["status"] == "completed"]
     values = final.merge(done[keys], left_on="run_id", right_index=True)
     summary = stats.summarize(values, keys + ["split", "name"])
@@ -52,7 +53,7 @@ def analyse(runs: pd.DataFrame, final: pd.DataFrame, keys: list[str], baseline: 
         comparison=stats.compare(summary, keys, baseline, alpha),
         durations=stats.summarize(timed, keys, "duration_s"),
         per_epoch=stats.summarize(timed, keys, "per_epoch"),
-        paired=stats.paired(values, keys),
+        paired=stats.paired(values, keys), threads=stats.thread_counts(runs, keys),
         norms=norm_order(runs["norm"], baseline), baseline=baseline, alpha=alpha)
 
 
@@ -92,7 +93,8 @@ def _tables(sec, an: Analysis, where: dict, slug: str, runs, summary, row_keys, 
     keys = ["norm", *row_keys]
     cells = sort_cells(runs[keys].drop_duplicates(), keys, an.norms)
     sec.tables.append(final_table(f"{slug}_final", "Final metrics", cells, summary,
-                                  select(an.excluded, where), row_keys, metrics))
+                                  select(an.excluded, where), row_keys, metrics,
+                                  select(an.threads, where)))
     if (summary["split"] == "test_precise").any():
         with_modes = cells.merge(summary.loc[summary["split"] == "test_precise", keys].drop_duplicates(),
                                  on=keys)

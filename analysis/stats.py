@@ -57,6 +57,29 @@ def status_counts(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return text
 
 
+# Why a cell of mixed thread counts is worth a note: on this project's 2-core machines the same
+# sweep run one job at a time (2 threads each) and with the joblib launcher (1 thread per job)
+# gave test losses of 0.323462 and 0.324338 for the same seed (measured for issue 9; the count is
+# recorded in runs.threads, db/schema.py).
+THREADS_NOTE = ("CPU reductions add up in an order that depends on the thread count, so the same "
+                "seed gives the same numbers only at the same thread count.")
+
+
+def _thread_list(threads: pd.Series) -> str:
+    """'1', '1, 2', '2, not recorded' (a row written before runs.threads existed)."""
+    shown = [str(int(t)) for t in sorted(threads.dropna().unique())]
+    return ", ".join(shown + (["not recorded"] if threads.isna().any() else []))
+
+
+def thread_counts(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell of completed runs (the ones averaged): keys, threads (the distinct counts as
+    text) and mixed (True when the runs used more than one count, a missing count being one
+    more value: it may be any)."""
+    done = runs[runs["status"] == "completed"]
+    grouped = done.groupby(keys, dropna=False, sort=False)["threads"]
+    return grouped.agg(threads=_thread_list, mixed=lambda t: t.nunique(dropna=False) > 1).reset_index()
+
+
 def welch(mean_a, std_a, n_a, mean_b, std_b, n_b, level: float = 0.95) -> pd.DataFrame:
     """Welch's t-test of b - a from summary statistics (arrays): diff, ci_low, ci_high, p.
 

@@ -28,10 +28,13 @@ class Table:
 def fmt_mean_std(mean: float, std: float, n: int) -> str:
     """'0.912 ± 0.012 (3)': the std to 2 significant digits, the mean to the same decimals.
 
-    One value: '0.9123 ± n/a (1)', never '± 0'. No value: '–'.
+    One value: '0.9123 (1)', the value and n (a std of one run does not exist; never '± 0').
+    No value: '–'.
     """
     if n == 0 or mean != mean:
         return "–"
+    if n == 1:
+        return f"{mean:.4g} (1)"
     if std != std or math.isinf(std) or math.isinf(mean):
         return f"{mean:.4g} ± n/a ({n})"
     if std == 0:
@@ -60,12 +63,15 @@ def _best_mask(means: pd.Series, blocks: pd.Series, direction: str | None) -> pd
 
 
 def final_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFrame,
-                excluded: pd.DataFrame, row_keys: list[str], metrics: list[tuple[str, str]]) -> Table:
+                excluded: pd.DataFrame, row_keys: list[str], metrics: list[tuple[str, str]],
+                threads: pd.DataFrame | None = None) -> Table:
     """Seed 003's layout: a block per norm, rows `row_keys`, a 'mean ± std (n)' column per
     metric, the best of each block in bold, and what was not averaged.
 
     `cells`: one row per cell (norm + row_keys), in display order; `summary`: stats.summarize
-    output with norm, row_keys, split, name; `excluded`: stats.status_counts output.
+    output with norm, row_keys, split, name; `excluded`: stats.status_counts output; `threads`:
+    stats.thread_counts output. When a cell averages runs of different CPU thread counts, a
+    'threads' column and the note say so.
     """
     keys = ["norm", *row_keys]
     data = cells[keys].map(fmt_value).reset_index(drop=True)
@@ -81,10 +87,17 @@ def final_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFram
     left = cells[keys].merge(excluded, on=keys, how="left")["excluded"].fillna("")
     data["not averaged"] = left.to_numpy()
     bold["not averaged"] = False
-    return Table(name, title, data, bold, block="norm",
-                 note="mean ± sample std over seeds (n completed runs); best per norm in bold "
-                      "where the direction is known; failed, diverged and running runs are "
-                      "counted in 'not averaged', never in the mean.")
+    note = ("mean ± sample std over seeds (n completed runs), or the value (1) of a single run; "
+            "best per norm in bold where the direction is known; failed, diverged and running "
+            "runs are counted in 'not averaged', never in the mean.")
+    mine = cells[keys].merge(threads, on=keys, how="left") if threads is not None else None
+    mixed = int(mine["mixed"].eq(True).sum()) if mine is not None else 0
+    if mixed:  # beside the settings, where it is seen before the numbers
+        data.insert(len(keys), "threads", mine["threads"].fillna("").to_numpy())
+        bold.insert(len(keys), "threads", False)
+        note += (f" {mixed} {'cell averages' if mixed == 1 else 'cells average'} runs of different "
+                 f"CPU thread counts (column 'threads'): {stats.THREADS_NOTE}")
+    return Table(name, title, data, bold, block="norm", note=note)
 
 
 def comparison_table(name: str, title: str, comparison: pd.DataFrame, row_keys: list[str],
@@ -113,6 +126,14 @@ def comparison_table(name: str, title: str, comparison: pd.DataFrame, row_keys: 
     if "distance ratio" in data:
         note += " distance ratio = sqrt(mse_norm) / sqrt(mse_baseline) (seed 000)."
     return Table(name, title, data, bold, block="comparison", note=note)
+
+
+# How bench/bn_eval.py batches the test set for the batch-statistics split.
+BATCHSTATS_RULE = ("Batch statistics (`test_batchstats`): BN in train mode on the test set in batches "
+                   "of the training batch size (the whole test set when it is smaller), in one fixed "
+                   "shuffled order that is the same for every run; the last batch is filled up with "
+                   "images from the start of that order, which are not scored again. All three "
+                   "columns score every test image exactly once.")
 
 
 def bn_modes_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFrame,
@@ -147,10 +168,11 @@ def bn_modes_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataF
     if "p (paired t)" in data:
         bold["p (paired t)"] = data["p (paired t)"].str.contains(r"\*", regex=True)
     return Table(name, title, data, bold, block="norm",
-                 note="test = EMA running statistics, test_precise = PreciseBN, test_batchstats = "
-                      "batch statistics of test batches of the training size (bench/bn_eval.py); "
-                      "mean ± sample std over seeds (n). Δ: per-run difference, paired t-test "
-                      f"over seeds (* p<{alpha:g}, ** p<0.01, *** p<0.001).")
+                 note="EMA (`test`): BN's running statistics, PyTorch's eval mode. PreciseBN "
+                      "(`test_precise`): statistics recomputed with the current weights over "
+                      "training images (bench/precise_bn.py). " + BATCHSTATS_RULE + " Mean ± "
+                      "sample std over seeds (n). Δ: per-run difference, paired t-test over "
+                      f"seeds (* p<{alpha:g}, ** p<0.01, *** p<0.001).")
 
 
 def time_table(name: str, title: str, cells: pd.DataFrame, durations: pd.DataFrame,

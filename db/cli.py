@@ -44,9 +44,9 @@ def open_readonly(url: str) -> Engine:
     """An engine that cannot write; a `UserError` if `url` names no existing database."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise UserError(f"{url!r} is not a database URL (use sqlite:///path.db or postgresql://...)") \
-            from None
+    except ArgumentError:  # a path, most likely: the URL of that file is sqlite:/// + path
+        raise UserError(f"cannot open results database {url!r}: not a URL "
+                        f"(did you mean sqlite:///{url}?)") from None
     kind = parsed.get_backend_name()
     if kind == "sqlite":
         path = Path(parsed.database or "")
@@ -165,6 +165,31 @@ def cmd_export(args, conn, out) -> None:
             target.close()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its mistakes on one line, as every other error of the suite: `error: ...`
+    and exit status 2 (argparse's own status for bad usage), not the usage block, which `--help`
+    still prints. Subcommands' parsers are made of the same class (add_subparsers' default)."""
+
+    def error(self, message: str):
+        named = "allowed:" in message or "choose from" in message  # the allowed values are named
+        self.exit(2, f"error: {message}" + ("" if named else f" (try `{self.prog} --help`)") + "\n")
+
+
+def whole_number(what: str, minimum: int):
+    """An argparse `type`: an int >= `minimum`, else one line naming what is allowed."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed (allowed: {what})")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", default=DEFAULT_URL, help="database URL (default: %(default)s)")
@@ -172,12 +197,13 @@ def parser() -> argparse.ArgumentParser:
     for column in ("status", "task", "dataset", "model", "norm"):
         filters.add_argument(f"--{column}", action="append", metavar="NAME",
                              help=f"only runs with this {column} (repeat or comma-separate)")
-    p = argparse.ArgumentParser(prog="python -m db", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m db", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs = sub.add_parser("runs", parents=[common, filters], help="list runs, newest last")
-    runs.add_argument("--limit", type=int, default=50, help="newest N runs; 0 for all (default: 50)")
+    runs.add_argument("--limit", type=whole_number("a whole number >= 0; 0 for all", 0), default=50,
+                      help="newest N runs; 0 for all (default: 50)")
     show = sub.add_parser("show", parents=[common], help="one run: its columns, config and metrics")
-    show.add_argument("run_id", type=int, metavar="RUN_ID")
+    show.add_argument("run_id", type=whole_number("a run id, a whole number >= 1", 1), metavar="RUN_ID")
     query = sub.add_parser("query", parents=[common], help="run one read-only SQL statement")
     query.add_argument("sql", metavar="SQL")
     query.add_argument("--csv", action="store_true", help="CSV instead of aligned columns")

@@ -85,7 +85,8 @@ def open_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise UserError(f"cannot open results database {url!r}: not a URL ({KINDS})") from None
+        raise UserError(f"cannot open results database {url!r}: not a URL "
+                        f"(did you mean sqlite:///{url}?)") from None
     shown = parsed.render_as_string(hide_password=True)
 
     def cannot(why: str) -> UserError:

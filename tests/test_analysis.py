@@ -99,17 +99,88 @@ def test_mixed_statuses_are_counted_and_listed_never_averaged(tmp_path):
     assert "Runs not averaged" in html and "diverged on purpose" in html
 
 
-def test_one_seed_per_cell_shows_std_as_not_available(tmp_path):
+def test_one_seed_per_cell_shows_the_value_and_n(tmp_path):
     path = tmp_path / "one.db"
     with ResultsDB(f"sqlite:///{path}") as db:
         add_run(db, {("test", "acc"): 0.5}, norm="none")
         add_run(db, {("test", "acc"): 0.75}, norm="bn")
+        for seed, acc in ((1, 0.5), (2, 0.7)):  # a second cell, of two runs
+            add_run(db, {("test", "acc"): acc}, norm="bn", bs=64, seed=seed)
     rc, out = run_report(tmp_path, path)
     assert rc == 0
-    md = (out / "report.md").read_text()
-    assert "0.75 ± n/a (1)" in md and "± 0 " not in md
-    assert "n<2" in md  # Welch's test needs two runs per side
-    assert fmt_mean_std(0.75, float("nan"), 1) == "0.75 ± n/a (1)"
+    md = (out / "tables" / "classify-digits-convnet_final.md").read_text()
+    assert "| 32 | 0.001 | **0.75 (1)** |" in md and "| 32 | 0.001 | 0.5 (1) |" in md
+    assert f"| 0.60 ± {statistics.stdev([0.5, 0.7]):.2f} (2) |" in md  # n >= 2: mean ± std (n)
+    assert "n/a" not in md and "± 0 " not in md
+    assert "n<2" in (out / "report.md").read_text()  # Welch's test needs two runs per side
+    csv = pd.read_csv(out / "tables" / "final_metrics.csv")  # the numbers stay numbers
+    [row] = csv[(csv.norm == "bn") & (csv.bs == 32)].itertuples()
+    assert (row.mean, row.n) == (0.75, 1) and math.isnan(row.std)
+    assert fmt_mean_std(0.75, float("nan"), 1) == "0.75 (1)"
+    assert fmt_mean_std(0.9583333, float("nan"), 1) == "0.9583 (1)"
+
+
+def test_a_cell_of_runs_with_different_thread_counts_is_marked(tmp_path):
+    path = tmp_path / "threads.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        for seed, threads in ((0, 1), (1, 2)):  # one cell: same settings, seeds 0 and 1
+            add_run(db, {("test", "acc"): 0.6 + seed / 10}, norm="bn", seed=seed, threads=threads)
+        for seed in (0, 1):
+            add_run(db, {("test", "acc"): 0.5}, norm="none", seed=seed, threads=1)
+        add_run(db, {("test", "acc"): 0.1}, norm="bn", seed=2, threads=4, status="failed")
+        add_run(db, {("test", "acc"): 0.4}, norm="gn", seed=0, threads=2)  # older rows: no count
+        add_run(db, {("test", "acc"): 0.4}, norm="gn", seed=1)
+    rc, out = run_report(tmp_path, path)
+    assert rc == 0
+    md = (out / "tables" / "classify-digits-convnet_final.md").read_text()
+    assert "| bs | lr | threads | test acc |" in md
+    assert "| 32 | 0.001 | 1, 2 | 0.650 ± 0.071 (2) | 1 failed |" in md  # the failed run's 4 not counted
+    assert "| 32 | 0.001 | 1 | 0.5 ± 0 (2) |" in md
+    assert "| 32 | 0.001 | 2, not recorded | 0.4 ± 0 (2) |" in md
+    assert "2 cells average runs of different CPU thread counts" in md
+    assert "the same seed gives the same numbers only at the same thread count" in md
+    csv = pd.read_csv(out / "tables" / "final_metrics.csv").set_index("norm")
+    assert csv.loc["bn", "threads"] == "1, 2" and csv.loc["none", "threads"] == "1"
+    assert csv["threads_mixed"].to_dict() == {"none": False, "bn": True, "gn": True}
+    listed = pd.read_csv(out / "tables" / "runs_not_averaged.csv")
+    assert listed[["seed", "status", "threads"]].values.tolist() == [[2, "failed", 4]]
+    page = (out / "report.md").read_text()
+    assert "- **CPU threads**: 1 (3 runs), 2 (2 runs), 4 (1 run), not recorded (1 run)" in page
+
+
+def test_runs_of_one_thread_count_get_no_threads_column(tmp_path, grid_db):
+    rc, out = run_report(tmp_path, grid_db)  # add_run records no count: NULL in every row
+    md = (out / "tables" / "classify-digits-convnet_final.md").read_text()
+    assert rc == 0 and "threads" not in md
+    assert "- **CPU threads**: not recorded (every run)" in (out / "report.md").read_text()
+
+
+def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, grid_db, capsys):
+    for args, allowed in ((["--alpha", "5"], "0 < alpha < 1"), (["--alpha", "0"], "0 < alpha < 1"),
+                          (["--alpha", "nan"], "0 < alpha < 1"), (["--alpha", "abc"], "0 < alpha < 1"),
+                          (["--baseline", "nope"], "allowed: a norm of the selected runs: bn, none"),
+                          (["--baseline", "none", "--norm", "bn"], "selected runs: bn)"),
+                          (["--bogus"], "unrecognized arguments: --bogus")):
+        try:
+            rc = run_report(tmp_path, grid_db, *args)[0]
+        except SystemExit as e:  # argparse's errors exit from parse_args
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2, args
+        assert err.startswith("error: ") and err.count("\n") == 1 and allowed in err, err
+        assert "usage:" not in err and "Traceback" not in err
+        assert not (tmp_path / "report").exists()
+    rc, out = run_report(tmp_path, grid_db, "--baseline", "bn", "--alpha", "0.01")
+    assert rc == 0 and (out / "tables" / "classify-digits-convnet_vs_bn.md").exists()
+    assert "p<0.01" in (out / "tables" / "classify-digits-convnet_vs_bn.md").read_text()
+
+
+def test_a_path_instead_of_a_url_gets_the_url_suggested(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--db", "results/bench.db", "--out", "r"]) == 1
+    assert capsys.readouterr().err == ("error: cannot open results database 'results/bench.db': not a URL "
+                                       "(did you mean sqlite:///results/bench.db?)\n")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "results").exists()
 
 
 def test_empty_database_and_unmatched_filter_exit_with_one_line(tmp_path, grid_db, capsys):

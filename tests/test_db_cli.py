@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
+from bench.errors import UserError
 from db import ResultsDB
 from db.cli import main
+from db.engine import open_engine
 from db.views import view_sql
 
 RUN = dict(task="classify", dataset="digits", model="convnet", lr=1e-3, epochs=3)
@@ -152,6 +154,37 @@ def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys):
         rc, _, err = run(capsys, *argv)
         assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["show", "abc"], "argument RUN_ID: 'abc' is not allowed (allowed: a run id, a whole number >= 1)"),
+    (["show", "0"], "'0' is not allowed (allowed: a run id"),
+    (["runs", "--limit", "abc"], "argument --limit: 'abc' is not allowed (allowed: a whole number >= 0"),
+    (["runs", "--limit", "-1"], "'-1' is not allowed"),
+    (["export", "nope"], "invalid choice: 'nope' (choose from 'final', 'metrics', 'runs')"),
+    (["nope"], "invalid choice: 'nope' (choose from 'runs', 'show', 'query', 'export')"),
+    ([], "the following arguments are required: COMMAND (try `python -m db --help`)"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(db_path, capsys, argv, allowed):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, *(["--db", f"sqlite:///{db_path}"] if argv and argv[0] != "nope" else [])])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and allowed in err, err
+    assert "usage:" not in err
+
+
+def test_a_path_instead_of_a_url_gets_the_url_suggested(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "runs", "--db", "results/bench.db")
+    message = "cannot open results database 'results/bench.db': not a URL (did you mean sqlite:///results/bench.db?)"
+    assert rc == 1 and err == f"error: {message}\n"
+    with pytest.raises(UserError) as raised:  # the writers' engine (bench.run, ResultsDB) says the same
+        open_engine("results/bench.db")
+    assert str(raised.value) == message
+    with pytest.raises(UserError, match=r"did you mean sqlite:////abs/bench\.db\?"):
+        open_engine("/abs/bench.db")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_python_dash_m_db(db_path):

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import matplotlib.text
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import report
+from analysis import browser_check, panels, plots, report
+from analysis.tables import BATCHSTATS_RULE
 from db import ResultsDB
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -80,6 +84,8 @@ def test_report_files_tables_and_embedded_images(small_report):
     for data in images:
         assert Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 100
     assert not re.search(r'(src|href)="(https?:|//)', html)  # nothing fetched from elsewhere
+    # every table scrolls in its own box when it is wider than the window (the page never does)
+    assert html.count("<table") == html.count('<div class="table-scroll"><table>') >= 10
     ids = re.findall(r' id="([^"]+)"', html)
     assert len(ids) == len(set(ids)) and all(f'href="#{i}"' in html for i in ids)
     assert all(f"figures/{f.name}" in md for f in figures)
@@ -116,6 +122,113 @@ def test_bn_modes_side_by_side_with_the_paired_difference(small_report):
         assert cols[2] == "acc" and cols[5] == "0.4 ± 0 (2)" and cols[6] == "+0.0205"
     csv = pd.read_csv(out / "tables" / "bn_modes.csv")
     assert set(csv["norm"]) == {"bn"} and csv["diff"].tolist() == pytest.approx([0.0205, 0.0205])
+    # How the batch-statistics split batches the test set (bench/bn_eval.py), under the table.
+    rule = ("Batch statistics (`test_batchstats`): BN in train mode on the test set in batches of the "
+            "training batch size (the whole test set when it is smaller), in one fixed shuffled order "
+            "that is the same for every run; the last batch is filled up with images from the start of "
+            "that order, which are not scored again. All three columns score every test image exactly once.")
+    assert BATCHSTATS_RULE == rule and rule in md.replace("\n", " ")
+    assert rule.replace("`", "") in (out / "index.html").read_text().replace("`", "")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the plots draw, kept open instead of saved as PNG bytes."""
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or b"")
+    yield figures
+    for fig in figures:
+        plt.close(fig)
+
+
+def _visible(fig):
+    fig.canvas.draw()
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+def _ticks(ax, axis: str) -> list[str]:
+    """The tick labels drawn on one axis (shown, and within the axis' view)."""
+    low, high = sorted(getattr(ax, f"get_{axis}lim")())
+    k = 0 if axis == "x" else 1
+    return [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")()
+            if t.get_visible() and t.get_text() and low <= t.get_position()[k] <= high]
+
+
+def test_panels_without_runs_are_left_out(drawn):
+    # Runs of 2 epochs at bs 8 and 128, runs of 1 epoch at bs 8 only: 3 panels with data, not 4.
+    cells = [("epochs=2", "bs=8"), ("epochs=2", "bs=128"), ("epochs=1", "bs=8")]
+    frame = pd.DataFrame([dict(row=r, col=c, norm="bn", run_id=k, epoch=e, value=0.5 + e / 10)
+                          for k, (r, c) in enumerate(cells) for e in range(1, 3 if r == "epochs=2" else 2)])
+    plots.line_grid(frame, plots.palette(["bn"]), "test acc", "curve", "Learning curves")
+    [fig] = drawn
+    shown = _visible(fig)
+    assert len(shown) == len(cells) and all(ax.lines for ax in shown)
+    # Each column named once, over its top panel; x ticks under the lowest panel of each column,
+    # which for bs=128 is in the top row (the panel under it has no runs and is not drawn).
+    top8, bottom8, only128 = (next(ax for ax in shown if ax.get_title() == t) for t in ("bs=8", "", "bs=128"))
+    assert _ticks(top8, "x") == []
+    assert _ticks(bottom8, "x") == _ticks(only128, "x") == ["1", "2"]
+
+
+def test_heatmaps_share_one_colour_scale_per_metric_with_a_colorbar(drawn):
+    values = {("lr=0.01", "test acc"): {("bn", 8): 0.968, ("none", 8): 0.970, ("bn", 128): 0.972},
+              ("lr=0.001", "test acc"): {("bn", 8): 0.977, ("none", 8): 0.975},
+              ("lr=0.01", "test loss"): {("bn", 8): 0.10, ("none", 8): 0.30},
+              ("lr=0.001", "test loss"): {("bn", 8): 0.20, ("none", 8): 0.25}}
+    summary = pd.DataFrame([dict(row=r, col=c, norm=n, bs=b, mean=v, std=0.0, n=3)
+                            for (r, c), cell in values.items() for (n, b), v in cell.items()])
+    plots.heatmap(summary, ["none", "bn"], {"test acc": "max", "test loss": "min"}, "heat", "Heatmap")
+    [fig] = drawn
+    images = [im for ax in _visible(fig) for im in ax.get_images()]
+    assert len(images) == 4 and all(im.colorbar is not None for im in images)
+    scale = {"test acc": (0.968, 0.977), "test loss": (0.10, 0.30)}  # min and max over both panels
+    for ax in _visible(fig):
+        for im in ax.get_images():
+            metric = "test acc" if np.nanmax(im.get_array()) > 0.5 else "test loss"
+            assert im.get_clim() == pytest.approx(scale[metric])
+            assert im.get_cmap().name == ("viridis" if metric == "test acc" else "viridis_r")
+
+
+def test_axes_read_in_plain_numbers(drawn):
+    runs = pd.DataFrame([dict(row="", norm=n, bs=b, duration_s=s * (1 + seed / 10))
+                         for n, scale in (("bn", 1), ("gn", 3)) for b, s in ((2, 300 * scale), (8, 60),
+                                                                             (32, 6), (128, 2))
+                         for seed in range(2)])
+    plots.time_cost(runs, plots.palette(["bn", "gn"]), "time", "Time")
+    summary = pd.DataFrame([dict(row="", col="test acc", norm="bn", bs=b, mean=0.9, std=0.01, n=2)
+                            for b in (2, 8, 32, 128)])
+    plots.final_vs_bs(summary, plots.palette(["bn"]), "vs_bs", "Against bs")
+    time_fig, bs_fig = drawn
+    [ax] = _visible(time_fig)
+    # bars: the arithmetic mean of each (bs, norm), in bs order, bn's bars first
+    means = [statistics.mean(runs.loc[(runs.norm == n) & (runs.bs == b), "duration_s"])
+             for n in ("bn", "gn") for b in (2, 8, 32, 128)]
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx(means)
+    seconds = _ticks(ax, "y")
+    assert ax.get_yscale() == "log" and len(seconds) >= 4
+    assert all(re.fullmatch(r"\d+(\.\d+)?", t) for t in seconds), seconds  # "20", not "2×10^1"
+    assert [float(t) for t in seconds] == sorted(ax.get_yticks()[[
+        ax.get_ylim()[0] <= v <= ax.get_ylim()[1] for v in ax.get_yticks()]])
+    low, high = ax.get_ylim()
+    assert low <= min(runs["duration_s"]) / 2 + 1e-9 and high > max(runs["duration_s"])  # bars fit
+    [ax] = _visible(bs_fig)
+    assert _ticks(ax, "x") == ["2", "8", "32", "128"]
+
+
+def test_figures_fill_the_page_with_text_of_at_least_tick_size(drawn):
+    summary = pd.DataFrame([dict(row="lr=0.01", col=f"test m{k}", norm=n, bs=b, mean=0.9 + k / 100, std=0.01,
+                                 n=2) for k in range(5) for n in ("bn", "none") for b in (8, 128)])
+    plots.final_vs_bs(summary, plots.palette(["none", "bn"]), "vs_bs", "Against bs")
+    plots.heatmap(summary, ["none", "bn"], {}, "heat", "Heatmap")
+    for fig in drawn:
+        fig.canvas.draw()
+        # 1,200 px: index.html's content width at a 1,300 px window (document.py's CSS)
+        assert fig.get_size_inches()[0] * fig.dpi == pytest.approx(1200)
+        texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()
+                 and (t.axes is None or t.axes.get_visible())]
+        assert len(texts) > 40 and min(t.get_fontsize() for t in texts) >= panels.TICK_PT
+        assert len(_visible(fig)) == 5  # five metrics wrapped over two lines, none hidden
+    assert panels.TEXT_PX * 768 / 1200 >= 10.5  # 800 px window: 768 px of content
 
 
 def test_command_line_error_in_a_fresh_process(tmp_path):
@@ -128,15 +241,21 @@ def test_command_line_error_in_a_fresh_process(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "reports").exists()
 
 
-@pytest.mark.slow  # two fresh processes (~5 s of imports) and Chromium (~3-15 s)
+@pytest.mark.slow  # two fresh processes (~5 s of imports) and Chromium three times (~3-15 s each)
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
 def test_report_command_renders_in_headless_chromium(tmp_path):
+    # Tables wider than either window: twelve metrics side by side, and a failed run's long error.
     path = tmp_path / "bench.db"
+    names = [f"metric_with_a_long_name_{k}" for k in range(12)]
     with ResultsDB(f"sqlite:///{path}") as db:
         for norm in ("none", "bn"):
             for seed in (0, 1):
-                _run(db, "classify", "convnet", norm, 8, seed,
-                     [{("test", "acc"): 0.5 + e / 10 + seed / 50} for e in range(3)])
+                curve = [{("test", "acc"): 0.5 + e / 10 + seed / 50,
+                          **{("test", n): e + seed / 3 for n in names}} for e in range(3)]
+                _run(db, "classify", "convnet", norm, 8, seed, curve)
+        run_id = db.start_run(task="classify", dataset="digits", model="convnet", norm="bn", bs=8, lr=1e-3,
+                              seed=5, epochs=3, config={}, config_hash="failed")
+        db.finish(run_id, "failed", "RuntimeError: " + "a long error message without a break " * 4)
     proc = subprocess.run([sys.executable, "-m", "analysis.report", "--db", f"sqlite:///{path}"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -144,9 +263,24 @@ def test_report_command_renders_in_headless_chromium(tmp_path):
     assert "report:" in proc.stdout and page.exists()
     shot = tmp_path / "shot.png"
     proc = subprocess.run([sys.executable, "-m", "analysis.browser_check", str(page),
-                           "--screenshot", str(shot)], capture_output=True, text=True, timeout=180)
+                           "--screenshot", str(shot)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert Image.open(shot).size == (1280, 4000)
+    for width, least in ((1300, 11), (800, 10.5)):
+        assert Image.open(tmp_path / f"shot-{width}.png").size == (width, browser_check.HEIGHT)
+        [line] = [row for row in proc.stdout.splitlines() if f" at {width} px:" in row]
+        # the page is exactly as wide as the window; the figures' smallest text in screen pixels
+        assert f"page {width} px wide in {width}," in line and line.endswith("-> ok"), line
+        assert float(re.search(r"smallest text ([\d.]+) px", line).group(1)) >= least, line
+    # The same page with the tables' scroll boxes switched off runs off the right edge: the check
+    # sees what a reader would, and the tables really are wider than the window.
+    broken = tmp_path / "broken.html"
+    html = page.read_text()
+    assert ".table-scroll { max-width: 100%; overflow-x: auto;" in html
+    broken.write_text(html.replace(".table-scroll { max-width: 100%; overflow-x: auto;",
+                                   ".table-scroll { overflow-x: visible;"))
+    seen = browser_check.look(broken, 1300, tmp_path / "broken.png")
+    assert seen.client_width == 1300 and seen.overflow > 0
+    assert any(name.startswith(("td", "th")) for name in seen.wider), seen.wider
 
 
 def test_browser_check_fails_loudly_without_chromium(small_report, tmp_path):
