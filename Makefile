@@ -58,8 +58,8 @@ demo: install ## a small real sweep on the offline digits dataset into results/b
 	$(PY) -m bench.run -m experiment=demo db.url=sqlite:///$(DB)
 	$(MAKE) --no-print-directory report
 
-preset: install ## one seed's experiment, P=NAME (e.g. seed004_precise_bn_cpu), into results/NAME.db, then its report in reports/NAME
-	@test -n "$(P)" || { echo "error: say which preset, e.g. make preset P=seed004_precise_bn_cpu (allowed: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
+preset: install ## one write-up's experiment, P=NAME (e.g. precise_bn_cpu), into results/NAME.db, then its report in reports/NAME
+	@test -n "$(P)" || { echo "error: say which preset, e.g. make preset P=precise_bn_cpu (allowed: $$(ls conf/experiment | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
 	$(PY) -m bench.run -m experiment=$(P) db.url=sqlite:///results/$(P).db
 	$(MAKE) --no-print-directory report DB=results/$(P).db REPORT=reports/$(P)
 

@@ -1,17 +1,17 @@
-"""Autoencoding (seed 000): reconstruct the image through an 8w x 1 x 1 latent, MSE loss.
+"""Autoencoding (the autoencoder post): reconstruct the image through an 8w x 1 x 1 latent, MSE loss.
 
-Pixels are in [-1, 1] whatever the dataset's mean/std (the seed's loss is defined there), so
+Pixels are in [-1, 1] whatever the dataset's mean/std (the post's loss is defined there), so
 `dataset.mean` and `dataset.std` are not used by this task; its augmentation is (cifar10: flips
-and shifts, as in the seed). Per epoch:
+and shifts, as in the post). Per epoch:
 
 - train/loss = train/mse: mean squared error per pixel, averaged over the epoch's steps in train
-  mode (BN uses batch statistics), as the seed's "train_loss";
-- test/loss = test/mse: the same in eval mode, averaged over every test image (the seed averages
-  test batch means; the same number when the batches are equal). The seed's "test L2 loss";
+  mode (BN uses batch statistics), as the post's "train_loss";
+- test/loss = test/mse: the same in eval mode, averaged over every test image (the post averages
+  test batch means; the same number when the batches are equal). The post's "test L2 loss";
 - train/lr, train/time_s, train/images_per_s, test/time_s (`bench.train.fit`).
 
 `loss` and `mse` hold the same number: `loss` is every task's training objective (and what the
-divergence check watches), `mse` names what it is. The seed's distance ratio between two norms
+divergence check watches), `mse` names what it is. The post's distance ratio between two norms
 is `analysis.distance.distance_ratio` (sqrt(test mse a) / sqrt(test mse b)).
 """
 

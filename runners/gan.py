@@ -1,11 +1,11 @@
-"""GANs (seed 001): the `norm` axis sets the discriminator's norm, `task.gen_norm` the generator's.
+"""GANs (the GAN post): the `norm` axis sets the discriminator's norm, `task.gen_norm` the generator's.
 
 Training: non-saturating loss (Goodfellow et al. 2014): D minimises softplus(-D(x)) +
 softplus(D(G(z))), G minimises softplus(-D(G(z))); one D step then one G step per batch of `bs`
 real images and `bs` fakes, the fakes generated once per step. Adam-family optimizers take
 `task.betas` (default (0.5, 0.999), DCGAN's) in place of `optim.betas`; D's lr is `lr`, G's is
 `task.g_lr` (null: `lr`). `task.d_batches` is how D sees a step:
-- separate: real and fake in two forward passes (the seed's setup; BN normalises each kind
+- separate: real and fake in two forward passes (the post's setup; BN normalises each kind
   with its own batch statistics, so a batch's score can carry "this batch is fake");
 - mixed: one forward pass over the concatenated batch, in the D step and in the G step.
 
@@ -96,7 +96,7 @@ def _check_task(t: DictConfig) -> None:
 
 
 def check(cfg: DictConfig) -> None:
-    # One D step and one G step per batch, at fixed learning rates (the seed's setup).
+    # One D step and one G step per batch, at fixed learning rates (the GAN post's setup).
     if cfg.accum_steps != 1:
         raise UserError(f"accum_steps={cfg.accum_steps} is not supported by task gan (allowed: 1)")
     if cfg.sched.name != "constant":

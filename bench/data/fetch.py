@@ -1,7 +1,7 @@
 """Find a public dataset's files on disk, or download them; else one line that says what to do.
 
-The project's machines reach no dataset host (shared/REFERENCE.md §2), so the usual outcome of a
-download is the `UserError` below; it has to come quickly and say which files to put where.
+The project's own machines reach the package index but no dataset host, so there the usual outcome
+of a download is the `UserError` below; it has to come quickly and say which files to put where.
 """
 
 import contextlib

@@ -21,7 +21,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     """Translate each image of (B, C, H, W) by its own integer (dy, dx) in [-max_shift, max_shift].
 
     Pixels that come in from outside are 0 (black before normalisation), as with torchvision's
-    RandomAffine(translate=...) in seed 000. Done as one gather from a zero-padded copy.
+    RandomAffine(translate=...) in the autoencoder post's code. Done as one gather from a zero-padded copy.
     """
     if max_shift <= 0:
         return x

@@ -33,7 +33,8 @@ FASHION_FILES = [
     ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
     ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
 ]
-# Debian's `dataset-fashion-mnist` puts the same four files here (shared/REFERENCE.md §2).
+# Debian's `dataset-fashion-mnist` (0.0~git20200523.55506a9-1) puts the same four files here
+# (`dpkg -L dataset-fashion-mnist`).
 FASHION_SYSTEM_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
 
 

@@ -1,17 +1,17 @@
-"""The seed-000 autoencoder ("When Batch Normalization Hurts Performance", `autoencoder.py`).
+"""The autoencoder post's model ("When Batch Normalization Hurts Performance", `autoencoder.py`).
 
 Encoder: four blocks `Conv2d(k=4, s=2, p=1) -> norm -> ReLU*sqrt(2)`, channels in-w-2w-4w-4w (w=64
-gives the seed's 64-128-256-256), then a conv whose kernel covers what is left of the image (2x2 at
-32 px, as in the seed) to an 8w x 1 x 1 latent, with no norm or activation. Decoder, the mirror
+gives the post's 64-128-256-256), then a conv whose kernel covers what is left of the image (2x2 at
+32 px, as in the post) to an 8w x 1 x 1 latent, with no norm or activation. Decoder, the mirror
 image with transposed convs: `ConvTranspose2d(8w, 8w, k=that size)` then 8w-4w-2w-w with k=4, s=2,
 p=1, each followed by norm -> ReLU*sqrt(2), and a last `ConvTranspose2d(w, in, k=4, s=2, p=1)` with
 no norm or activation (outputs are pixels in [-1, 1], unbounded). Weights randn / sqrt(fan_in),
-zero biases, as the seed's own layers. 6,037,635 parameters at w=64 for 3 channels without norm
-(the seed's "about 6.0 M"); BN adds 2 x 1,664 affine parameters.
+zero biases, as the post's own layers. 6,037,635 parameters at w=64 for 3 channels without norm
+(the post's "about 6.0 M"); BN adds 2 x 1,664 affine parameters.
 
 Image sizes: the four stride-2 stages need a multiple of 16. Any other size is zero-padded (0 is
 mid-grey in the [-1, 1] range) to the next multiple and the output cropped back, so MNIST's 28 px
-runs through exactly the seed's 32 px network and the loss only ever sees real pixels. 96 px
+runs through exactly the post's 32 px network and the loss only ever sees real pixels. 96 px
 (Imagenette) ends the encoder at 6x6, so its latent conv is 6x6 (about 4.7 M more parameters
 there and in the first decoder layer); the latent stays 8w x 1 x 1 at every size.
 """
@@ -48,7 +48,7 @@ class ConvAE(nn.Module):
         for c_in, c_out in zip(chans, chans[1:], strict=False):
             enc += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), norm_layer(c_out), ScaledReLU()]
         enc.append(nn.Conv2d(chans[-1], latent, head))
-        # The seed's decoder is 512-512-256-128-64-3: not an exact mirror, its first layer keeps
+        # The post's decoder is 512-512-256-128-64-3: not an exact mirror, its first layer keeps
         # the latent's 8w channels where the encoder's last block has 4w.
         dec_chans = [latent, latent, 4 * width, 2 * width, width]
         dec: list[nn.Module] = [nn.ConvTranspose2d(latent, latent, head), norm_layer(latent), ScaledReLU()]

@@ -1,7 +1,7 @@
-"""The seed-003 small CNN ("Replacing BatchNorm", Imagenette).
+"""The small CNN of the Replacing BatchNorm post (Thomas Tumiel, Imagenette).
 
 Four blocks `Conv2d(3x3, s=2, p=1, bias=False) -> ReLU -> norm` (the norm comes *after* the
-activation, as in the seed's notebook), channels in-w-2w-4w-4w (w=8 gives the seed's 8-16-32-32),
+activation, as in the post's notebook), channels in-w-2w-4w-4w (w=8 gives the post's 8-16-32-32),
 then global average pooling and Linear(4w, classes). Kaiming-normal init, zero biases. The pooling
 makes it take any image size.
 """

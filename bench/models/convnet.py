@@ -1,8 +1,8 @@
-"""The seed-000 CIFAR classifier ("When Batch Normalization Hurts Performance").
+"""The CIFAR classifier of the autoencoder post ("When Batch Normalization Hurts Performance").
 
 Four blocks `Conv2d(k=3, s=2, p=1) -> norm -> ReLU*sqrt(2)`, channels in-w-2w-4w-8w (w=32 gives the
-seed's 32-64-128-256), then a conv whose kernel covers what is left of the image (2x2 for 32 px, as
-in the seed) straight to the class logits; no linear layer. About 0.40 M parameters at w=32.
+post's 32-64-128-256), then a conv whose kernel covers what is left of the image (2x2 for 32 px, as
+in the post) straight to the class logits; no linear layer. About 0.40 M parameters at w=32.
 The author's layers draw weights as randn / sqrt(fan_in) with zero bias, and scale ReLU by sqrt(2)
 so activations keep unit variance at initialisation (He et al.'s gain, moved out of the weights).
 """

@@ -1,15 +1,15 @@
-"""The GAN pair `dcgan_vgg`: a DCGAN generator and the seed-001 VGG-style discriminator.
+"""The GAN pair `dcgan_vgg`: a DCGAN generator and the GAN post's VGG-style discriminator.
 
 Both are scaled to the image size by the number of stride-2 stages, `gan_stages`: the size is
-halved while it stays even and at least 4, at most 5 times (the seed's 128 px discriminator has
+halved while it stays even and at least 4, at most 5 times (the GAN post's 128 px discriminator has
 five), and what is left must be at most 8 px: 28 -> 2 stages to 7 px, 32 -> 3 to 4, 64 -> 4 to
 4, 96 -> 4 to 6, 128 -> 5 to 4. Other sizes (30, 33, 512, ...) are a ValueError.
 
-Discriminator (`Discriminator_VGG_128` of the seed's code, BasicSR/ESRGAN): a 3x3 conv without
+Discriminator (`Discriminator_VGG_128` of the post author's code, BasicSR/ESRGAN): a 3x3 conv without
 norm, then per stage a pair (3x3 stride-1 conv, 4x4 stride-2 conv), each followed by norm and
 LeakyReLU(0.2) (stage 0 has only the 4x4 conv after the first one), channels nf, 2nf, 4nf, 8nf,
 8nf; head Flatten -> Linear(c*s*s, 100) -> LeakyReLU(0.2) -> Linear(100, 1). PyTorch's default
-init, as in the seed's code.
+init, as in that code.
 
 Generator (Radford et al. 2016, DCGAN): z (B, latent_dim) -> ConvTranspose2d(k=s) to s x s, then
 stride-2 ConvTranspose2d(k=4, p=1) stages halving the channels down to ngf, each followed by
@@ -18,7 +18,7 @@ norm and ReLU, and a last stride-2 ConvTranspose2d to the image channels with ta
 DCGAN's init: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0.
 
 In both, a conv has a bias only where no norm follows it (a norm's mean subtraction removes a
-bias; the seed's code uses bias=False there).
+bias; the post author's code uses bias=False there).
 """
 
 import torch
@@ -42,7 +42,7 @@ def gan_stages(image_size: int) -> tuple[int, int]:
 
 
 def stage_channels(base: int, stages: int) -> list[int]:
-    """base, 2 base, 4 base, 8 base, 8 base, ...: the seed's channels, one entry per stage."""
+    """base, 2 base, 4 base, 8 base, 8 base, ...: the GAN post's channels, one entry per stage."""
     return [base * min(2**i, 8) for i in range(stages)]
 
 

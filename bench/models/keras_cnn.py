@@ -1,10 +1,10 @@
-"""Seed 002's Keras MNIST model (the fast.ai course's, as posted with batch 4096).
+"""The fast.ai thread's Keras MNIST model (the fast.ai course's, as posted with batch 4096).
 
     conv(w) ReLU, norm, conv(w) ReLU, maxpool,
     norm, conv(2w) ReLU, norm, conv(2w) ReLU, maxpool,
     flatten, norm, dense(16w) ReLU, norm, dense(classes)
 
-with w = 32 as in the seed (32, 32, 64, 64, dense 512). Every conv is 3x3 with a zero padding of
+with w = 32 as in the thread (32, 32, 64, 64, dense 512). Every conv is 3x3 with a zero padding of
 1 (the post's ZeroPadding2D before each one), so 28 px images reach the dense layer as 7x7. The
 norms come after the activations, where the post puts its BatchNormalization layers; the first
 conv has none in front (the post normalises the input instead).

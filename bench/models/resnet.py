@@ -1,4 +1,4 @@
-"""torchvision's ResNet-18 with every BatchNorm replaced by the chosen norm (seed 003).
+"""torchvision's ResNet-18 with every BatchNorm replaced by the chosen norm (Replacing BatchNorm).
 
 torchvision already calls `norm_layer(num_channels)`, which is our norm signature. For inputs that
 are not RGB only the stem conv changes; the ImageNet stem (7x7/2 conv + 3x3/2 max-pool) is kept, so
