@@ -1,23 +1,36 @@
 """The entry point: `python -m bench.run [-m] key=value ...` trains one run per job.
 
 A job's life, and what the database says at each point:
-1. checks (nothing written): bad config, missing dataset, unopenable database -> one-line error;
+1. checks (nothing written): bad config, missing dataset, unopenable database -> one-line error,
+   and the folders Hydra made for this command are removed again (`remove_hydra_leftovers`);
 2. the run's row is written as 'running' just before training starts;
 3. metrics are written at the end of every epoch;
-4. the status becomes 'completed', 'diverged' (a loss went NaN/inf; the sweep goes on) or
-   'failed' with the error (an exception, Ctrl-C or SIGTERM; the other jobs of a sweep still run).
+4. the status becomes 'completed', 'diverged' (a training loss went NaN/inf, or grew past
+   `diverge.factor` times its first value; the sweep goes on) or 'failed' with the error (an
+   exception, Ctrl-C or SIGTERM; the other jobs of a sweep still run).
 A job killed with SIGKILL cannot write; the next sweep on that host marks its run 'failed'.
+
+What a job logs: one line naming it (Hydra's job number, its place in the sweep, the database's
+run id, its settings, device and threads), one short line per epoch (the full metrics at DEBUG
+level and in the database), and how it ended. A single run ends with a one-line summary; a sweep's
+summary is the sweeper's (hydra_plugins/normbench_sweeper).
 """
 
 import logging
 import math
+import numbers
+import re
+import shutil
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bench.errors import Diverged, UserError
@@ -27,6 +40,13 @@ from bench.validate import CONF_DIR, check_overrides
 # then reported in well under a second instead of after torch's ~3 s import.
 
 log = logging.getLogger("bench")
+
+# When this command started: a folder it may remove holds only files written since (main() sets it).
+STARTED = time.time()
+# The sweeper passes the sweep's job count to every job under this key of `hydra.job.env_set`,
+# the one per-job setting both Hydra launchers carry into the job (loky workers included).
+SWEEP_JOBS_KEY = "NORMBENCH_SWEEP_JOBS"
+DEFAULT_DB_URL = "sqlite:///results/bench.db"  # conf/config.yaml's, the one `make report` reads
 
 
 class Terminated(BaseException):
@@ -72,10 +92,160 @@ def open_results(url: str):
     return ResultsDB(url)
 
 
-def run_job(cfg: DictConfig) -> int | None:
-    """Train the run `cfg` describes; return its row id (None when skipped as already done)."""
+def shown_url(url: str) -> str:
+    """The URL as a log line may show it: any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def next_command(url: str) -> str:
+    """What to run after the results are in (a hidden password is for the user to fill in)."""
+    command = f"python -m analysis.report --db {shown_url(url)}"
+    return f"make report (or {command})" if url == DEFAULT_DB_URL else command
+
+
+def unescape(override: str) -> str:
+    """`db.url=sqlite\\:///x` -> `db.url=sqlite:///x`: Hydra backslash-escapes the characters of
+    its override grammar (`\\()[]{}:=, `) when it expands a sweep; the user typed them plain."""
+    return re.sub(r"\\(.)", r"\1", override)
+
+
+# --- Divergence --------------------------------------------------------------------------------
+
+# diverge.factor=auto, per task. Classify and autoencode losses fall after epoch 1 (its mean
+# includes the untrained first steps), so a 100x rise is far outside noise. The GAN's losses
+# swing by orders of magnitude as D and G trade places. Measured here over seed001_gan_cpu's 20
+# epochs (digits, bs 64, 22 steps an epoch): BN in D, g_loss 2.29 -> 8.77 (3.8x its epoch-1
+# value); GN in D, d_loss 0.34 -> 0.00088 (epoch 8) -> 0.82 (epoch 12), 930x its low point but
+# 2.4x its epoch-1 value. With hundreds of steps an epoch D can win within epoch 1, so its mean
+# d_loss may start far lower than here: 1000 keeps a wide margin.
+AUTO_FACTOR = {"classify": 100, "autoencode": 100, "gan": 1000}
+# diverge.max_loss's default, 1e4, is over 1000x where every task's training loss starts: an
+# untrained classifier's cross-entropy is about ln(classes) (ln 10 = 2.3), the autoencoder's
+# per-pixel MSE on [-1, 1] pixels is at most 1 for a blank output, the GAN's d_loss 2 ln 2 = 1.39
+# and g_loss ln 2 = 0.69 (softplus of logits near 0).
+
+
+def _off_or(v, ok) -> bool:
+    return v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                         and (v == 0 or ok(v)))
+
+
+def check_diverge(cfg: DictConfig) -> None:
+    """`diverge.factor`: auto, a number >= 1, or 0/null (off); `diverge.max_loss`: a positive
+    number, or 0/null (off)."""
+    factor, max_loss = (OmegaConf.select(cfg, f"diverge.{k}") for k in ("factor", "max_loss"))
+    if factor != "auto" and not _off_or(factor, lambda v: v >= 1):
+        raise UserError(f"diverge.factor={factor!r} is not allowed (allowed: auto, a number >= 1, "
+                        f"or 0 or null to turn the rule off)")
+    if not _off_or(max_loss, lambda v: v > 0):
+        raise UserError(f"diverge.max_loss={max_loss!r} is not allowed (allowed: a positive number, "
+                        f"or 0 or null to turn the rule off)")
+
+
+def train_losses(metrics: dict) -> dict[str, float]:
+    """The training objectives in an epoch's metrics: classify and autoencode `loss`, the GAN's
+    `d_loss` and `g_loss` (split train, name ending in "loss")."""
+    return {n: v for (s, n), v in metrics.items() if s == "train" and n.endswith("loss")}
+
+
+class DivergenceRule:
+    """A run diverges when a training loss is not finite, exceeds `max_loss`, or exceeds `factor`
+    times the first value it had in this run. The factor rule alone misses a run that blew up in
+    its first epoch (lr=1e12 with SGD: train loss 1.1e23 at epoch 1, then 1.2e12); max_loss
+    catches it. Test losses are not watched: a test-time loss can be inf (BN with batch
+    statistics at test time) without the training having diverged."""
+
+    def __init__(self, task: str, factor, max_loss):
+        self.factor = (AUTO_FACTOR.get(task, 100) if factor == "auto" else factor) or None
+        self.max_loss = max_loss or None
+        self.first: dict[str, tuple[int, float]] = {}
+
+    def __call__(self, epoch: int, metrics: dict) -> str | None:
+        """None, or why the run diverged at `epoch` (the text of its `error` column)."""
+        for name, v in train_losses(metrics).items():
+            if not math.isfinite(v):
+                return f"train {name} became {v} at epoch {epoch} (rule: not finite)"
+            if self.max_loss is not None and v > self.max_loss:
+                return (f"train {name} {v:.4g} at epoch {epoch} is above diverge.max_loss="
+                        f"{self.max_loss:g} (rule: max_loss)")
+            first_epoch, first = self.first.setdefault(name, (epoch, v))
+            # first > 0: a loss that starts at exactly 0 has no scale to grow against.
+            if self.factor is not None and first > 0 and v > self.factor * first:
+                return (f"train {name} {v:.4g} at epoch {epoch} is more than diverge.factor="
+                        f"{self.factor:g} times its epoch-{first_epoch} value {first:.4g} "
+                        f"(rule: factor)")
+        return None
+
+
+# --- What a job logs ---------------------------------------------------------------------------
+
+def job_label() -> str:
+    """'job #3 (4 of 12)' in a sweep: Hydra's job number (its folder under multirun/) and its
+    place in the sweep; '' for a single run."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return ""
+    if hc.mode != RunMode.MULTIRUN:
+        return ""
+    total = hc.job.env_set.get(SWEEP_JOBS_KEY)
+    return f"job #{hc.job.num} ({hc.job.num + 1} of {total})" if total else f"job #{hc.job.num}"
+
+
+# Keys `describe` already shows, and db.url, which the sweep's first and last lines name.
+DESCRIBED = ("task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs", "device", "threads",
+             "db.url")
+
+
+def job_overrides() -> str:
+    """This job's other command-line overrides, as the user typed them."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:
+        return ""
+    return " ".join(unescape(o) for o in overrides if o.split("=", 1)[0].lstrip("+~") not in DESCRIBED)
+
+
+def describe(cfg: DictConfig, device, threads: int) -> str:
+    """The settings a reader needs to tell jobs apart, the device and the thread count (CPU
+    results are reproducible only at the same thread count: runs.threads)."""
+    ds = cfg.dataset
+    text = (f"{cfg.task.name} {ds.name}/{cfg.model.name} norm={cfg.norm.name} bs={cfg.bs} "
+            f"lr={cfg.lr:g} seed={cfg.seed} epochs={cfg.epochs} on {device}, "
+            f"{threads} thread{'s' if threads != 1 else ''}")
+    overrides = job_overrides()
+    return f"{text} [{overrides}]" if overrides else text
+
+
+# The test metrics the INFO line shows: each task's headline numbers (classify loss and acc,
+# autoencode loss = mse, the GAN's cfid); everything else is at DEBUG and in the database.
+MAIN_TEST_METRICS = ("loss", "acc", "cfid")
+
+
+def epoch_line(metrics: dict) -> str | None:
+    """'train loss 0.4123 | test loss 0.3012 acc 0.9011 | 12.3 s', None when nothing main."""
+    train = " ".join(f"{n} {v:.4g}" for n, v in train_losses(metrics).items())
+    test = " ".join(f"{n} {metrics['test', n]:.4g}" for n in MAIN_TEST_METRICS
+                    if ("test", n) in metrics)
+    if not (train or test):
+        return None
+    parts = [f"train {train}" if train else "", f"test {test}" if test else ""]
+    seconds = sum(metrics.get((s, "time_s"), 0.0) for s in ("train", "test"))
+    if seconds:
+        parts.append(f"{seconds:.1f} s")
+    return " | ".join(p for p in parts if p)
+
+
+# --- A job -------------------------------------------------------------------------------------
+
+def run_job(cfg: DictConfig) -> dict:
+    """Train the run `cfg` describes; return {'run_id', 'status'} (status 'skipped' with the
+    completed run's id when resume finds this config done)."""
     from bench.validate import check_config
 
+    check_diverge(cfg)
     check_config(cfg)  # before torch's import where it can (a mistyped value: one line, fast)
     from bench.runtime import pick_device, seed_everything, set_threads
     from bench.train import data_from_config
@@ -88,7 +258,7 @@ def run_job(cfg: DictConfig) -> int | None:
         return _record_run(cfg, data, device, threads, db)
 
 
-def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
+def _record_run(cfg: DictConfig, data, device, threads: int, db) -> dict:
     """Steps 2-4 of a job's life (see the module docstring) for a checked config and its data."""
     from bench.runtime import config_hash
     from runners import RUNNERS
@@ -96,9 +266,11 @@ def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
     ds = cfg.dataset
     config = OmegaConf.to_container(cfg, resolve=True)
     digest = config_hash(config)
+    label = job_label()
     if cfg.resume and (done := db.find_completed(digest)) is not None:
-        log.info("skipped: run %d already completed this config (resume=false to run again)", done)
-        return None
+        log.info("%sskipped: run id %d already completed this config (resume=false to run again): "
+                 "%s", f"{label}: " if label else "", done, describe(cfg, device, threads))
+        return {"run_id": done, "status": "skipped"}
     prepare = getattr(RUNNERS[cfg.task.name], "prepare", None)
     if prepare is not None:  # e.g. the GAN metrics' classifier: if it fails, no run is written
         prepare(cfg, data, device)
@@ -110,38 +282,96 @@ def _record_run(cfg: DictConfig, data, device, threads: int, db) -> int | None:
                           norm=cfg.norm.name, bs=cfg.bs, lr=cfg.lr, seed=cfg.seed,
                           epochs=cfg.epochs, config=config, config_hash=digest,
                           output_dir=out_dir, device=str(device), threads=threads)
-    log.info("run %d: %s %s/%s norm=%s bs=%d lr=%g seed=%d on %s (%d threads)", run_id,
-             cfg.task.name, ds.name, cfg.model.name, cfg.norm.name, cfg.bs, cfg.lr, cfg.seed,
-             device, threads)
+    log.info("%srun id %d: %s", f"{label} = " if label else "", run_id,
+             describe(cfg, device, threads))
+    diverged = DivergenceRule(cfg.task.name, cfg.diverge.factor, cfg.diverge.max_loss)
 
     def log_epoch(epoch: int, metrics: dict, artifacts: dict[str, str] | None = None) -> None:
         db.log_epoch(run_id, epoch, metrics)
         for kind, path in (artifacts or {}).items():
             db.add_artifact(run_id, kind, path)
-        log.info("run %d epoch %d/%d  %s", run_id, epoch, cfg.epochs, "  ".join(
+        line = epoch_line(metrics)
+        if line is not None:
+            log.info("run id %d epoch %d/%d: %s", run_id, epoch, cfg.epochs, line)
+        log.debug("run id %d epoch %d/%d, all metrics: %s", run_id, epoch, cfg.epochs, "  ".join(
             f"{s}/{n} {v:.4g}" for (s, n), v in metrics.items()))
-        for (split, name), v in metrics.items():
-            # Training losses only: a test-time loss can be inf (say, BN with batch statistics
-            # at test time) without the training having diverged.
-            if split == "train" and name.endswith("loss") and not math.isfinite(v):
-                raise Diverged(f"{split} {name} became {v} at epoch {epoch}")
+        if (why := diverged(epoch, metrics)) is not None:
+            raise Diverged(why)
 
+    t0 = time.perf_counter()
     try:
         with sigterm_as_exception():
             RUNNERS[cfg.task.name].run(cfg, data, device, log_epoch)
     except Diverged as e:
         db.finish(run_id, "diverged", str(e))
-        log.warning("run %d diverged: %s", run_id, e)
-        return run_id
+        log.warning("run id %d diverged: %s", run_id, e)
+        return {"run_id": run_id, "status": "diverged", "error": str(e)}
     except BaseException as e:
         db.finish(run_id, "failed", one_line(e))
-        log.error("run %d failed: %s", run_id, one_line(e))
+        log.error("run id %d failed: %s", run_id, one_line(e))
         raise
     db.finish(run_id, "completed")
-    return run_id
+    return {"run_id": run_id, "status": "completed", "seconds": time.perf_counter() - t0}
 
 
-def fail(e: UserError):
+def single_run_summary(result: dict, url: str) -> str:
+    """The last line of a run without -m."""
+    if result["status"] == "skipped":
+        what = f"nothing to do: run id {result['run_id']} already completed this config"
+    elif result["status"] == "diverged":
+        what = f"run id {result['run_id']} diverged ({result['error']})"
+    else:
+        what = f"run id {result['run_id']} completed in {result['seconds']:.1f} s"
+    return f"{what}; results in {shown_url(url)}; next: {next_command(url)}"
+
+
+# --- A refused command -------------------------------------------------------------------------
+
+# What Hydra writes into a folder before our checks run: a job's `.hydra/` (config.yaml,
+# hydra.yaml, overrides.yaml) and log file (`<job name>.log`), a sweep's multirun.yaml.
+HYDRA_FILES = re.compile(r"(\.hydra/(config|hydra|overrides)\.yaml|[^/]+\.log|multirun\.yaml)")
+
+
+def _only_hydra_files(folder: Path) -> bool:
+    """True when `folder` holds nothing but Hydra's own files, all written by this command."""
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_dir():
+            if rel != ".hydra":
+                return False
+        # 10 ms of slack for file systems whose timestamps lag the clock slightly.
+        elif not HYDRA_FILES.fullmatch(rel) or p.stat().st_mtime < STARTED - 0.01:
+            return False
+    return True
+
+
+def remove_hydra_leftovers(*folders) -> None:
+    """Remove each folder that holds only what Hydra wrote for this command, then each parent
+    that is left empty or Hydra's alone (outputs/DATE/TIME, outputs/DATE, outputs), stopping at
+    the working directory and at the first folder that holds anything else."""
+    cwd = Path.cwd().resolve()
+    for folder in folders:
+        if folder is None:
+            continue
+        folder = Path(folder).resolve()
+        while folder.is_dir() and folder != cwd and _only_hydra_files(folder):
+            shutil.rmtree(folder)
+            if cwd not in folder.parents:  # outside the working directory: the folder only
+                break
+            folder = folder.parent
+
+
+def _job_dir() -> str | None:
+    try:
+        return OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+    except ValueError:
+        return None
+
+
+def fail(e: UserError, *created):
+    """A user's mistake: one line, exit 2, and no folder left behind (`created`: folders Hydra
+    made for this command besides the running job's own)."""
+    remove_hydra_leftovers(_job_dir(), *created)
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -149,14 +379,21 @@ def fail(e: UserError):
 # An absolute path: a relative one is resolved as a Python module when bench.run is imported
 # rather than run as __main__ (as the tests do).
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> dict:
     try:
-        run_job(cfg)
+        result = run_job(cfg)
     except UserError as e:
         fail(e)
+    if HydraConfig.get().mode == RunMode.RUN:
+        log.info(single_run_summary(result, cfg.db.url))
+    return result  # the sweeper counts the sweep's outcomes from these
 
 
 def main() -> None:
+    global STARTED
+    STARTED = time.time()
+    # Also before --help and --hydra-help, which compose the config too: `--help norm=foo`
+    # then gets this one line instead of Hydra's composition error.
     try:
         check_overrides(sys.argv[1:])
     except UserError as e:

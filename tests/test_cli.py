@@ -1,5 +1,6 @@
 """Bad input at the command line: one line naming the value and what is allowed, a non-zero exit,
-no traceback, and nothing written to the database (a real subprocess each time)."""
+no traceback, nothing written to the database, and no outputs/ or multirun/ folder left behind
+(a real subprocess each time)."""
 
 import shutil
 
@@ -34,7 +35,16 @@ CASES = [
     (["-m", "bs=2,0"], "bs=0 is not a positive integer [job: bs=0"),
     (["-m", "norm=bn,gn", "norm.groups=4"], "unknown setting 'norm.groups' with norm=bn"),
     (["device=cuda:7"], "device 'cuda:7'"),
+    (["diverge.factor=0.5"], "diverge.factor=0.5 is not allowed (allowed: auto, a number >= 1, or 0"),
+    (["-m", "diverge.max_loss=1e4,-1"], "diverge.max_loss=-1 is not allowed (allowed: a positive "
+                                        "number, or 0 or null to turn the rule off) [job: "),
 ]
+
+
+def assert_no_folders_left(cwd):
+    """Hydra makes outputs/DATE/TIME or multirun/DATE/TIME before our checks run; a refused
+    command removes them again."""
+    assert not (cwd / "outputs").exists() and not (cwd / "multirun").exists(), list(cwd.rglob("*"))
 
 
 @pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
@@ -47,6 +57,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(bench, tmp_path, one_r
     proc = bench(*args) if any(a.startswith("epochs=") for a in args) else bench(*args, "epochs=1")
     assert_user_error(proc, message)
     assert query(tmp_path / "bench.db", "select * from runs") == before
+    assert_no_folders_left(tmp_path)
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -55,3 +66,11 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(bench, tmp_path, one_r
 ])
 def test_database_that_cannot_be_opened(bench, tmp_path, url, message):
     assert_user_error(bench("epochs=1", f"db.url={url}"), message)
+    assert_no_folders_left(tmp_path)
+
+
+def test_the_error_shows_the_url_as_typed_not_escaped(bench, tmp_path):
+    # Hydra backslash-escapes the colon when it expands a sweep (sqlite\:///...).
+    proc = bench("-m", "bs=0,2", f"db.url=sqlite:///{tmp_path / 'bench.db'}")
+    assert_user_error(proc, f"bs=0 is not a positive integer [job: bs=0 db.url=sqlite:///{tmp_path}")
+    assert_no_folders_left(tmp_path)

@@ -1,6 +1,7 @@
 """The whole spine, as a user runs it: Hydra multirun -> training -> a real SQLite file."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,18 +33,46 @@ def check_six_completed_runs(db: Path):
         assert 0.0 <= acc <= 1.0
 
 
+JOB_LINE = re.compile(r"job #(\d+) \((\d+) of (\d+)\) = run id (\d+): ")
+
+
+def check_sweep_log(out: str, db: Path, n_jobs: int) -> list[str]:
+    """The log as the reader sees it: each job's first line says which of how many it is and maps
+    Hydra's job number to the database's run id (checked against the job folder the run's row
+    records, multirun/DATE/TIME/<job number>); short epoch lines; no backslash-escaped URL and no
+    Hydra per-job line. Returns the last two lines, the sweep's summary."""
+    jobs = JOB_LINE.findall(out)
+    assert sorted(int(k) for _, k, _, _ in jobs) == list(range(1, n_jobs + 1)), out[-3000:]
+    for num, k, total, run_id in jobs:
+        assert int(k) == int(num) + 1 and int(total) == n_jobs
+        (out_dir,), = query(db, "select output_dir from runs where id=?", int(run_id))
+        assert Path(out_dir).name == num
+    assert "\\:" not in out and not re.search(r"#\d+ : ", out)
+    epochs = [line.split(" - ", 1)[1] for line in out.splitlines()
+              if re.search(r" - run id \d+ epoch \d+/\d+: ", line)]
+    assert epochs and all(len(line) <= 100 for line in epochs), epochs
+    return [line.split("] ", 1)[1] for line in out.strip().splitlines()[-2:]]
+
+
 def test_multirun_writes_every_run_with_its_metrics(bench, tmp_path):
     proc = bench(*GRID, "dataset.train_subset=400", check_rc=0)
     check_six_completed_runs(tmp_path / "bench.db")
     assert "checked 6 jobs" in proc.stdout + proc.stderr
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    assert check_sweep_log(proc.stdout, tmp_path / "bench.db", 6) == [
+        f"sweep done, 6 jobs: 6 completed, 0 diverged, 0 failed, 0 skipped; results in {url}",
+        f"next: python -m analysis.report --db {url}"]
 
 
 def test_joblib_launcher_with_two_jobs_loses_nothing(bench, tmp_path):
-    bench(*GRID, "dataset.train_subset=400", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-          check_rc=0)
+    proc = bench(*GRID, "dataset.train_subset=400", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", check_rc=0)
     check_six_completed_runs(tmp_path / "bench.db")
     pids = query(tmp_path / "bench.db", "select distinct pid from runs")
     assert len(pids) == 2  # really two worker processes writing one file
+    # The job count reaches the loky workers, and the summary counts their jobs.
+    summary = check_sweep_log(proc.stdout, tmp_path / "bench.db", 6)
+    assert summary[0].startswith("sweep done, 6 jobs: 6 completed, 0 diverged, 0 failed, 0 skipped;")
 
 
 @pytest.mark.slow
@@ -54,17 +83,42 @@ def test_the_issue_command_on_full_digits(bench, tmp_path, launcher):
 
 
 def test_divergence_ends_that_run_and_the_sweep_goes_on(bench, tmp_path):
-    bench("-m", "optim=sgd", "norm=none", "lr=1e12,0.01", "epochs=2", "bs=64",
-          "dataset.train_subset=256", check_rc=0)
+    proc = bench("-m", "optim=sgd", "norm=none", "lr=1e12,0.01", "epochs=2", "bs=64",
+                 "dataset.train_subset=256", check_rc=0)
     runs = dict(query(tmp_path / "bench.db", "select lr, status from runs"))
     assert runs == {1e12: "diverged", 0.01: "completed"}
-    (error, done), = query(tmp_path / "bench.db",
-                           "select error, epochs_done from runs where status='diverged'")
-    assert "train loss became" in error and "at epoch 1" in error
+    (run_id, error, done), = query(tmp_path / "bench.db",
+                                   "select id, error, epochs_done from runs where status='diverged'")
+    assert error == "train loss became nan at epoch 1 (rule: not finite)"
+    summary = check_sweep_log(proc.stdout, tmp_path / "bench.db", 2)
+    assert summary[0].startswith(f"sweep done, 2 jobs: 1 completed, 1 diverged (run id {run_id}), "
+                                 "0 failed, 0 skipped;")
     # The epoch that diverged is stored; its NaN loss is NULL (SQLite has no NaN) or inf.
     (loss,), = query(tmp_path / "bench.db", "select value from metrics m join runs r "
                      "on r.id=m.run_id where r.status='diverged' and split='train' and name='loss'")
     assert loss is None or loss in (float("inf"), float("-inf"))
+
+
+def test_a_loss_that_blew_up_in_its_first_epoch_is_diverged_too(tmp_path, monkeypatch, capsys):
+    """BN with SGD at lr=1e12 (measured: train loss 1.1e23 at epoch 1, 1.2e12 at epoch 2, test acc
+    0.1): finite and falling, so neither the NaN/inf rule nor the factor rule sees it; max_loss
+    does. In this process, as a single run."""
+    from bench import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    monkeypatch.setattr(sys, "argv", ["bench.run", "optim=sgd", "norm=bn", "lr=1e12", "epochs=2",
+                                      "bs=64", "dataset=digits", "dataset.train_subset=256",
+                                      "threads=1", f"db.url={url}"])
+    run.main()
+    (status, error, done), = query(tmp_path / "bench.db", "select status, error, epochs_done from runs")
+    (loss,), = query(tmp_path / "bench.db",
+                     "select value from metrics where split='train' and name='loss' and epoch=1")
+    assert status == "diverged" and done == 1 and loss > 1e4
+    assert error == f"train loss {loss:.4g} at epoch 1 is above diverge.max_loss=10000 (rule: max_loss)"
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(
+        f"run id 1 diverged ({error}); results in {url}; next: python -m analysis.report --db {url}")
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(bench, tmp_path):
@@ -83,9 +137,16 @@ def test_same_seed_same_numbers_other_seed_other_numbers(bench, tmp_path):
 
 def test_resume_skips_a_completed_config(bench, tmp_path):
     args = ["epochs=1", "bs=128", "dataset.train_subset=256"]
-    bench(*args, check_rc=0)
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    proc = bench(*args, check_rc=0)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf".* - run id 1 completed in [0-9.]+ s; results in {re.escape(url)}; next: "
+                        rf"python -m analysis\.report --db {re.escape(url)}", last)
     proc = bench(*args, check_rc=0)
     assert "already completed" in proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].endswith(
+        f"nothing to do: run id 1 already completed this config; results in {url}; next: "
+        f"python -m analysis.report --db {url}")
     assert query(tmp_path / "bench.db", "select count(*) from runs") == [(1,)]
     bench(*args, "resume=false", check_rc=0)
     assert query(tmp_path / "bench.db", "select count(*) from runs") == [(2,)]
@@ -131,7 +192,7 @@ def test_sigkilled_run_is_marked_failed_by_the_next_sweep(bench, tmp_path):
     assert rows[1][0] == "completed"
 
 
-def test_a_crashing_job_is_failed_and_the_other_jobs_still_run(tmp_path, monkeypatch):
+def test_a_crashing_job_is_failed_and_the_other_jobs_still_run(tmp_path, monkeypatch, capsys):
     """Hydra's real sweeper and launcher in this process, with one job made to crash."""
     import runners.classify
     from bench import run
@@ -153,6 +214,9 @@ def test_a_crashing_job_is_failed_and_the_other_jobs_still_run(tmp_path, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         run.main()
     assert exit_info.value.code == 1  # Hydra ends a sweep with a failed job with exit code 1
+    # The summary comes before Hydra's report of the failure: counted in this process.
+    assert "sweep done, 3 jobs: 2 completed, 0 diverged, 1 failed (job #1), 0 skipped;" in (
+        capsys.readouterr().out)
     rows = query(tmp_path / "bench.db", "select bs, status, error from runs order by bs")
     assert rows == [(32, "completed", None),
                     (64, "failed", "RuntimeError: simulated crash with a second line"),

@@ -1,4 +1,4 @@
-"""Hydra's basic sweeper, plus a check of every job before the first one starts.
+"""Hydra's basic sweeper, plus a check of every job before the first one starts, and a summary.
 
 It lives in `hydra_plugins` because Hydra only instantiates sweepers from that namespace. What it
 adds to `BasicSweeper`, in the step where Hydra already composes every job's config:
@@ -11,6 +11,17 @@ adds to `BasicSweeper`, in the step where Hydra already composes every job's con
 - the results database is opened once (schema created, one clear error for a bad URL), and runs
   that a killed process left 'running' on this host are marked failed.
 
+Around the launch:
+- each job is told the sweep's job count, so its first line reads "job #3 (4 of 12)";
+- Hydra's own per-job launch line ("#3 : norm=bn db.url=sqlite\\:///...") is dropped: it shows
+  the overrides backslash-escaped, and each job's first line shows them as typed instead;
+- the sweep ends with a summary counted from the jobs' returns (`bench.run.hydra_main` returns
+  each job's status; a job that raised is 'failed'): completed, diverged, failed, skipped, where
+  the results are and the next command. It must be here: a job that raises ends the multirun
+  before Hydra's `Callback.on_multirun_end`, and under the joblib launcher jobs run in worker
+  processes, so only this process sees every job.
+- a command refused before any job ran leaves no multirun/ folder behind.
+
 It also takes `grids`: a list of sub-grids, each a `params`-style mapping, for an experiment that
 is not one Cartesian product (seed 003 runs GroupNorm with 4 groups on cnn4 but 32 on resnet18,
 and BN with eps 0.1 beside its other norms). Each grid is `params` updated by the grid's keys
@@ -19,15 +30,23 @@ distinct job once. The sweeper's config is `hydra/sweeper: normbench` (registere
 """
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf, open_dict, read_write
 
 log = logging.getLogger("bench")
+
+# The loggers of Hydra's two launchers (basic, joblib), which log "\t#N : overrides" per job.
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher",
+                    "hydra_plugins.hydra_joblib_launcher._core")
+HYDRA_JOB_LINE = re.compile(r"\s*#\d+ : ")
 
 
 @dataclass
@@ -57,16 +76,88 @@ def grid_jobs(params: dict | None, grids: list[dict], arguments: list[str],
     return jobs
 
 
+def _not_a_job_line(record: logging.LogRecord) -> bool:
+    return not HYDRA_JOB_LINE.match(record.getMessage())
+
+
+def quiet_hydra_job_lines() -> None:
+    """Drop the launchers' per-job lines. A filter on their loggers, not a level: Hydra's
+    `configure_log` runs `logging.config.dictConfig` at every launch, which keeps filters on
+    loggers it does not name but would be free to reset levels."""
+    for name in LAUNCHER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_job_line not in logger.filters:
+            logger.addFilter(_not_a_job_line)
+
+
+def summary(returns: Sequence[JobReturn], total: int, urls: set[str]) -> list[str]:
+    """The sweep's last lines: how each job ended, where the results are, what to run next."""
+    from bench.run import next_command, shown_url
+
+    counts = {k: [] for k in ("completed", "diverged", "failed", "skipped")}
+    for r in returns:
+        if r.status == JobStatus.COMPLETED:
+            value = r._return_value if isinstance(r._return_value, dict) else {}
+            counts[value.get("status", "completed")].append(f"run id {value.get('run_id')}")
+        else:  # raised: no return value, and maybe no run id (see the job's log)
+            counts["failed"].append(f"job #{r.hydra_cfg.hydra.job.num}")
+    parts = [f"{len(counts['completed'])} completed"]
+    parts += [f"{len(counts[k])} {k}" + (f" ({', '.join(counts[k])})" if counts[k] else "")
+              for k in ("diverged", "failed")]
+    parts.append(f"{len(counts['skipped'])} skipped" + (" (already completed: resume)"
+                                                         if counts["skipped"] else ""))
+    if total > len(returns):
+        parts.append(f"{total - len(returns)} not started (the sweep stopped at a failed batch)")
+    where = ", ".join(sorted(shown_url(u) for u in urls))
+    lines = [f"sweep done, {total} jobs: {', '.join(parts)}; results in {where}"]
+    lines += [f"next: {next_command(u)}" for u in sorted(urls)]
+    return lines
+
+
 class ValidatingSweeper(BasicSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict | None = None,
                  grids: list[dict] | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = [dict(g) for g in grids or []]
         self._arguments: list[str] = []
+        self._urls: set[str] = set()
 
     def sweep(self, arguments: list[str]):
+        """BasicSweeper.sweep's loop (Hydra 1.3), with the job count passed on, the per-job
+        launch lines quieted, and the summary logged before the first failure is re-raised."""
+        from bench.run import SWEEP_JOBS_KEY, remove_hydra_leftovers
+
         self._arguments = list(arguments)
-        return super().sweep(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + self._arguments)
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        total = sum(len(batch) for batch in self.overrides)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # Every launcher composes each job from this list plus the job's own overrides.
+        with read_write(self.config.hydra), open_dict(self.config.hydra):
+            self.config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{SWEEP_JOBS_KEY}={total}")
+        quiet_hydra_job_lines()
+        returns, done = [], []
+        try:
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=len(done))
+                returns.append(results)
+                done.extend(results)
+                if any(r.status != JobStatus.COMPLETED for r in results):
+                    break  # as Hydra's loop, which raises the failure after this batch
+        except BaseException:
+            if not done:  # refused or interrupted before any job ended
+                remove_hydra_leftovers(sweep_dir)
+            raise
+        for line in summary(done, total, self._urls):
+            log.info(line)
+        for r in done:
+            _ = r.return_value  # a failed job's exception: Hydra reports it and exits with 1
+        return returns
 
     def split_arguments(self, overrides, max_batch_size):  # shadows BasicSweeper's staticmethod
         if not self.grids:
@@ -78,7 +169,7 @@ class ValidatingSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from bench.errors import UserError
-        from bench.run import fail, open_results
+        from bench.run import check_diverge, fail, open_results, shown_url, unescape
         from bench.validate import check_config
 
         # Composing each job is what Hydra's own check does; a composition error propagates from
@@ -89,9 +180,11 @@ class ValidatingSweeper(BasicSweeper):
             for overrides in batch:
                 cfg = loader.load_sweep_config(self.config, list(overrides))
                 try:
+                    check_diverge(cfg)
                     check_config(cfg)
                 except UserError as e:
-                    raise UserError(f"{e} [job: {' '.join(overrides)}]") from None
+                    job = " ".join(unescape(o) for o in overrides)
+                    raise UserError(f"{e} [job: {job}]") from None
                 ds = cfg.dataset
                 key = (ds.name, ds.image_size, str(sorted(ds.get("options", {}).items())),
                        cfg.data_root, ds.download)
@@ -110,9 +203,11 @@ class ValidatingSweeper(BasicSweeper):
                     log.warning("marked %d runs failed that a killed process left running: %s",
                                 len(stale), stale)
         except UserError as e:
-            fail(e)
-        log.info("checked %d jobs; datasets ready: %s", len(batch),
-                 ", ".join(sorted({k[0] for k in datasets})))
+            fail(e, self.config.hydra.sweep.dir)
+        self._urls |= urls
+        log.info("checked %d jobs; datasets ready: %s; results database: %s", len(batch),
+                 ", ".join(sorted({k[0] for k in datasets})),
+                 ", ".join(sorted(shown_url(u) for u in urls)))
 
 
 def _has_prepare(cfg) -> bool:
