@@ -25,6 +25,10 @@ def run_bench(cwd: Path, *args, db="bench.db", timeout=600, check_rc=None):
     """`python -m bench.run ARGS` in `cwd`; db.url defaults to the file `db` there."""
     env = {**os.environ, "NORMBENCH_DATA": str(cwd / "data"), "HYDRA_FULL_ERROR": "0"}
     cmd = [sys.executable, "-m", "bench.run", *args]
+    # The default dataset is Fashion-MNIST (60,000 images); the tests train on scikit-learn's
+    # digits unless they name a dataset or a preset (which names its own).
+    if not any(a.startswith(("dataset=", "experiment=")) for a in args):
+        cmd.append("dataset=digits")
     if not any(a.startswith("db.url=") for a in args):
         cmd.append(f"db.url=sqlite:///{cwd / db}")
     if os.environ.get("PYTEST_XDIST_WORKER") and not any(a.startswith("threads=") for a in args):

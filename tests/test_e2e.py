@@ -209,7 +209,7 @@ def test_a_crashing_job_is_failed_and_the_other_jobs_still_run(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setattr(sys, "argv", ["bench.run", "-m", "bs=32,64,128", "epochs=1",
-                                      "dataset.train_subset=256", "threads=1",
+                                      "dataset=digits", "dataset.train_subset=256", "threads=1",
                                       f"db.url=sqlite:///{tmp_path / 'bench.db'}"])
     with pytest.raises(SystemExit) as exit_info:
         run.main()
