@@ -15,7 +15,7 @@ import numbers
 import pandas as pd
 
 # Always part of a cell, even when constant: the report's sections are (task, dataset, model),
-# its blocks are norms, and seed 003's tables always show bs and lr.
+# its blocks are norms, and the Replacing BatchNorm post's tables always show bs and lr.
 IDENTITY = ("task", "dataset", "model", "norm", "bs", "lr")
 SECTION = ("task", "dataset", "model")
 # Config keys that repeat a runs column (the column is used instead).

@@ -1,6 +1,6 @@
-"""Seed 000's distance ratio between two norms: sqrt(mse_a) / sqrt(mse_b).
+"""The autoencoder post's distance ratio between two norms: sqrt(mse_a) / sqrt(mse_b).
 
-The seed treats the square root of the final test MSE as a distance from the target and reports
+The post treats the square root of the final test MSE as a distance from the target and reports
 sqrt(0.007543) / sqrt(0.005948) = 1.126 for BN against no norm: reconstructions 12.6% further
 away with BN. Here mse is the mean, over the completed runs of a norm that match the filters,
 of the test MSE at each run's last logged epoch (several seeds average their MSEs before the

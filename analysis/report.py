@@ -1,4 +1,4 @@
-"""`python -m analysis.report --db URL --out DIR`: the seeds' tables and plots from the database.
+"""`python -m analysis.report --db URL --out DIR`: the write-ups' tables and plots from the database.
 
 Writes DIR/index.html (self-contained: figures as base64 PNG, no external asset), DIR/report.md
 (figures in DIR/figures/), and DIR/tables/: one .md and .tex per table, and CSVs of the numbers

@@ -1,7 +1,8 @@
 """One report section per (task, dataset, model): its tables and figures.
 
 `analyse` does the statistics once for every selected run; `section` cuts out one experiment
-and lays it out: seed 003's table, seed 000's comparison, time cost, then the figures.
+and lays it out: the Replacing BatchNorm post's table, the autoencoder post's comparison, time
+cost, then the figures.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from analysis.cells import SECTION, label, norm_order, select, sort_cells
 from analysis.document import Section
 from analysis.tables import bn_modes_table, comparison_table, final_table, metric_label, time_table
 
-# Seed 001's GAN metrics, plotted together over epochs whatever their split: the discriminator's
+# The GAN post's metrics, plotted together over epochs whatever their split: the discriminator's
 # batch uniformity (runners/gan.py: d_uniformity, _real, _fake) and FID. FID proper uses
 # Inception-v3 features (Heusel et al. 2017, arXiv:1706.08500), whose weights are a download; here
 # it is computed on a classifier's features (offline), so it is labelled as such.
@@ -88,8 +89,8 @@ def section(an: Analysis, where: dict, curves: Callable[[str, str, list], pd.Dat
 
 
 def _tables(sec, an: Analysis, where: dict, slug: str, runs, summary, row_keys, metrics) -> None:
-    """Seed 003's table, seed 000's comparison against the baseline, BN's evaluation modes
-    (seeds 002 and 004), time cost."""
+    """The Replacing BatchNorm post's table, the autoencoder post's comparison against the
+    baseline, BN's evaluation modes (the fast.ai thread and Wu & Johnson), time cost."""
     keys = ["norm", *row_keys]
     cells = sort_cells(runs[keys].drop_duplicates(), keys, an.norms)
     sec.tables.append(final_table(f"{slug}_final", "Final metrics", cells, summary,

@@ -5,9 +5,9 @@ sample std (ddof=1) and NaN with one run: shown as "n/a", never as 0.
 
 Why Welch and not a bootstrap: with 2-5 seeds a percentile bootstrap has only a handful of
 distinct resamples (10 for n = 3) and its intervals are far too narrow; Welch's t-test
-(Welch 1947) does not assume equal variances, which BN at bs 2 vs 128 does not have (seed 003:
-loss std 0.77 vs 0.01), and its t-interval widens honestly when n is small. Tests are per cell
-and not corrected for multiple comparisons: the report says so.
+(Welch 1947) does not assume equal variances, which BN at bs 2 vs 128 does not have (the
+Replacing BatchNorm post: loss std 0.77 vs 0.01), and its t-interval widens honestly when n is
+small. Tests are per cell and not corrected for multiple comparisons: the report says so.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ BN_MODES = {"test": "EMA", "test_precise": "PreciseBN", "test_batchstats": "batc
 
 def paired(values: pd.DataFrame, keys: list[str], a: str = "test", b: str = "test_precise",
            level: float = 0.95) -> pd.DataFrame:
-    """Split b against split a of the same runs (seed 004: PreciseBN against EMA), per `keys`
+    """Split b against split a of the same runs (Wu & Johnson: PreciseBN against EMA), per `keys`
     cell and metric name: the per-run difference b - a, its mean, std, n, confidence interval and
     the paired t-test's p (= scipy.stats.ttest_rel(b, a), checked in the tests). A paired test
     removes the spread between seeds that both splits share, which Welch's test would count as
@@ -148,7 +148,7 @@ def paired(values: pd.DataFrame, keys: list[str], a: str = "test", b: str = "tes
 def distance_ratio(mse_a, mse_b):
     """sqrt(mse_a) / sqrt(mse_b): how much farther from the target a's reconstructions are.
 
-    Seed 000 treats the square root of an autoencoder's test MSE as a distance: with BN as `a`
+    The autoencoder post treats the square root of an autoencoder's test MSE as a distance: with BN as `a`
     and no norm as `b`, sqrt(0.007543) / sqrt(0.005948) = 1.126 ("12.61% larger with BN").
     Works on numbers or arrays, for any two norms.
     """

@@ -1,4 +1,5 @@
-"""The report's tables as display strings: seed 003's per-norm blocks, seed 000's comparisons.
+"""The report's tables as display strings: the Replacing BatchNorm post's per-norm blocks, the
+autoencoder post's comparisons.
 
 A `Table` holds strings and a bold mask; `analysis.formats` writes it as Markdown, LaTeX or
 HTML. The numbers behind the strings go to CSV unformatted (`report.py`).
@@ -65,7 +66,7 @@ def _best_mask(means: pd.Series, blocks: pd.Series, direction: str | None) -> pd
 def final_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFrame,
                 excluded: pd.DataFrame, row_keys: list[str], metrics: list[tuple[str, str]],
                 threads: pd.DataFrame | None = None) -> Table:
-    """Seed 003's layout: a block per norm, rows `row_keys`, a 'mean ± std (n)' column per
+    """The Replacing BatchNorm post's layout: a block per norm, rows `row_keys`, a 'mean ± std (n)' column per
     metric, the best of each block in bold, and what was not averaged.
 
     `cells`: one row per cell (norm + row_keys), in display order; `summary`: stats.summarize
@@ -102,7 +103,7 @@ def final_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFram
 
 def comparison_table(name: str, title: str, comparison: pd.DataFrame, row_keys: list[str],
                      baseline: str, alpha: float) -> Table:
-    """Seed 000's layout: each norm against the baseline per cell and metric, with Welch's test
+    """The autoencoder post's layout: each norm against the baseline per cell and metric, with Welch's test
     and, for squared errors, the distance ratio sqrt(mse_norm) / sqrt(mse_baseline)."""
     c = comparison.reset_index(drop=True)
     data = pd.DataFrame({"comparison": [f"{n} vs {baseline}" for n in c["norm"]]})
@@ -124,7 +125,7 @@ def comparison_table(name: str, title: str, comparison: pd.DataFrame, row_keys: 
             "** p<0.01, *** p<0.001, n.s. not significant, n<2 too few completed runs to test; "
             "not corrected for multiple comparisons.")
     if "distance ratio" in data:
-        note += " distance ratio = sqrt(mse_norm) / sqrt(mse_baseline) (seed 000)."
+        note += " distance ratio = sqrt(mse_norm) / sqrt(mse_baseline) (the autoencoder post)."
     return Table(name, title, data, bold, block="comparison", note=note)
 
 
@@ -138,8 +139,9 @@ BATCHSTATS_RULE = ("Batch statistics (`test_batchstats`): BN in train mode on th
 
 def bn_modes_table(name: str, title: str, cells: pd.DataFrame, summary: pd.DataFrame,
                    paired: pd.DataFrame, row_keys: list[str], alpha: float) -> Table:
-    """Seeds 002 and 004: each metric of each cell as BN's three evaluation modes side by side
-    (mean ± std (n) over seeds), then PreciseBN − EMA per run with its paired t-test."""
+    """The fast.ai thread and Wu & Johnson: each metric of each cell as BN's three evaluation
+    modes side by side (mean ± std (n) over seeds), then PreciseBN − EMA per run with its paired
+    t-test."""
     keys = ["norm", *row_keys]
     rows = []
     for cell in cells[keys].itertuples(index=False):

@@ -1,4 +1,5 @@
-"""Test metrics three ways for a model with batch-statistics layers (seeds 002 and 004).
+"""Test metrics three ways for a model with batch-statistics layers (the fast.ai thread,
+Wu & Johnson).
 
 - split `test`: eval mode with the EMA running statistics (PyTorch's default evaluation);
 - split `test_precise`: running statistics recomputed with the current weights over
@@ -12,8 +13,8 @@
   one-class batches), cut into batches of min(bs, test images); the last batch is filled up with
   images from the start of that order, which are not scored again (`filled_batches`).
 All three splits score every test image exactly once.
-Seed 002's 0.1135 is the `test` split of a model whose `test_batchstats` is fine; seed 004 shows
-`test` lagging `test_precise` at large batch sizes.
+The fast.ai thread's 0.1135 is the `test` split of a model whose `test_batchstats` is fine; Wu &
+Johnson show `test` lagging `test_precise` at large batch sizes.
 """
 
 from collections.abc import Iterator

@@ -1,4 +1,4 @@
-"""PreciseBN: recompute BN's population statistics with the final weights (seed 004).
+"""PreciseBN: recompute BN's population statistics with the final weights (Wu & Johnson).
 
 Wu & Johnson, "Rethinking 'Batch' in BatchNorm" (arXiv 2105.07576), section 3: the EMA of batch
 statistics lags a model whose weights keep changing, most at large batch sizes and learning rates;

@@ -115,7 +115,7 @@ def unescape(override: str) -> str:
 
 # diverge.factor=auto, per task. Classify and autoencode losses fall after epoch 1 (its mean
 # includes the untrained first steps), so a 100x rise is far outside noise. The GAN's losses
-# swing by orders of magnitude as D and G trade places. Measured here over seed001_gan_cpu's 20
+# swing by orders of magnitude as D and G trade places. Measured here over gan_discriminator_norm_cpu's 20
 # epochs (digits, bs 64, 22 steps an epoch): BN in D, g_loss 2.29 -> 8.77 (3.8x its epoch-1
 # value); GN in D, d_loss 0.34 -> 0.00088 (epoch 8) -> 0.82 (epoch 12), 930x its low point but
 # 2.4x its epoch-1 value. With hundreds of steps an epoch D can win within epoch 1, so its mean

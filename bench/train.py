@@ -139,10 +139,11 @@ class Optimization:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, forward) -> torch.Tensor:
         """One optimizer step over the batch (x, y) taken as `accum_steps` equal micro-batches, so
-        batch-statistics layers only ever see bs / accum_steps samples (seed 001's point about
-        gradient accumulation), then one step of the lr schedule (stepped per iteration, as seed
-        003 does). forward(x_micro, y_micro) -> (mean loss, stats tensor); the losses are averaged,
-        so without such layers the gradient equals one step over the whole batch.
+        batch-statistics layers only ever see bs / accum_steps samples (the GAN post's point
+        about gradient accumulation), then one step of the lr schedule (stepped per iteration, as
+        the Replacing BatchNorm post does). forward(x_micro, y_micro) -> (mean loss, stats tensor);
+        the losses are averaged, so without such layers the gradient equals one step over the whole
+        batch.
         Returns the stats summed over the micro-batches."""
         self.opt.zero_grad(set_to_none=True)
         total = None

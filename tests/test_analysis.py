@@ -1,5 +1,5 @@
 """The analysis against independent references: Python's statistics module on the inserted values,
-scipy's own Welch test on raw values, and the numbers printed in seed 000."""
+scipy's own Welch test on raw values, and the numbers printed in the autoencoder post."""
 
 import math
 import statistics
@@ -263,8 +263,8 @@ def test_welch_matches_scipy_on_raw_values():
     assert stats.mark(float("nan"), 1, 3) == "n<2"
 
 
-def test_distance_ratio_is_seed_000s_number():
-    # seed 000: math.sqrt(0.007543) / math.sqrt(0.005948) = 1.1261249325984088 (BN over none)
+def test_distance_ratio_is_the_autoencoder_posts_number():
+    # the autoencoder post: math.sqrt(0.007543) / math.sqrt(0.005948) = 1.1261249325984088 (BN over none)
     assert stats.distance_ratio(0.007543, 0.005948) == pytest.approx(1.1261249325984088, rel=1e-12)
     assert stats.distance_ratio(np.array([4.0, 1.0]), np.array([1.0, 4.0])).tolist() == [2.0, 0.5]
 
@@ -273,7 +273,7 @@ def test_directions_and_formats():
     assert (stats.better("acc"), stats.better("mse"), stats.better("images_per_s")) == ("max", "min", "max")
     assert stats.better("uniformity") is None and stats.is_timing("time_s")
     assert fmt_mean_std(0.005948, 0.00012, 3) == "0.00595 ± 0.00012 (3)"
-    assert fmt_mean_std(2.78, 0.77, 3) == "2.78 ± 0.77 (3)"  # seed 003's BN at bs 2
+    assert fmt_mean_std(2.78, 0.77, 3) == "2.78 ± 0.77 (3)"  # the Replacing BatchNorm post's BN at bs 2
     assert fmt_mean_std(float("nan"), float("nan"), 0) == "–"
     assert fmt_mean_std(1.0, 0.0, 2) == "1 ± 0 (2)"
     data = pd.DataFrame({"norm": ["a_b", "a_b", "c"], "x": ["1 ± 2", "50%", "3|4"]})

@@ -1,5 +1,6 @@
-"""The autoencode task: seed 000's autoencoder (layers and parameter count worked out by hand),
-every dataset's shape, the seed's distance ratio from a database, and the real command line."""
+"""The autoencode task: the autoencoder post's autoencoder (layers and parameter count worked out
+by hand), every dataset's shape, the post's distance ratio from a database, and the real command
+line."""
 
 import math
 
@@ -21,7 +22,7 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def test_conv_ae_is_the_seed000_autoencoder():
+def test_conv_ae_is_the_autoencoder_posts_autoencoder():
     m = ae()
     convs = [(type(l).__name__[:6], l.in_channels, l.out_channels, l.kernel_size[0], l.stride[0],
               l.padding[0]) for l in m.modules() if isinstance(l, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -31,7 +32,7 @@ def test_conv_ae_is_the_seed000_autoencoder():
         ("ConvTr", 512, 512, 2, 1, 0), ("ConvTr", 512, 256, 4, 2, 1), ("ConvTr", 256, 128, 4, 2, 1),
         ("ConvTr", 128, 64, 4, 2, 1), ("ConvTr", 64, 3, 4, 2, 1)]
     # weights + biases by hand: encoder 3,136 + 131,200 + 524,544 + 1,048,832 + 524,800;
-    # decoder 1,049,088 + 2,097,408 + 524,416 + 131,136 + 3,075: the seed's "about 6.0 M".
+    # decoder 1,049,088 + 2,097,408 + 524,416 + 131,136 + 3,075: the post's "about 6.0 M".
     assert n_params(m) == 6_037_635
     # BN after every conv but the latent conv and the last: 2 x (64+128+256+256 + 512+256+128+64).
     assert n_params(ae(norm="bn")) == 6_037_635 + 2 * 1_664
@@ -45,7 +46,7 @@ def test_conv_ae_is_the_seed000_autoencoder():
     assert sum(isinstance(l, nn.BatchNorm2d) for l in b.modules()) == 8
 
 
-def test_conv_ae_uses_the_seed000_init():
+def test_conv_ae_uses_the_randn_fan_in_init():
     m = ae(width=16)
     for layer in m.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -78,7 +79,7 @@ def test_any_norm_fits_the_autoencoder(norm):
     m(torch.randn(2, 3, 32, 32)).square().mean().backward()
 
 
-# --- the seed's distance ratio from the database ----------------------------------------------
+# --- the autoencoder post's distance ratio from the database -----------------------------------
 
 
 def results_db(tmp_path, rows):

@@ -13,7 +13,7 @@ from bench.data.loader import DeviceBatches
 def setup(norm=nn.BatchNorm2d, modes=True, samples=64):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), norm(4), nn.Flatten())
-    # Stale EMA statistics, as after a few steps with Keras' momentum (seed 002).
+    # Stale EMA statistics, as after a few steps with Keras' momentum (the fast.ai thread).
     if isinstance(model[1], nn.BatchNorm2d):
         model[1].running_mean.fill_(3.0)
         model[1].running_var.fill_(0.25)

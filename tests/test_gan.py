@@ -1,4 +1,4 @@
-"""The GAN task: the seed-001 discriminator and DCGAN's generator (layers and parameter counts
+"""The GAN task: the GAN post's discriminator and DCGAN's generator (layers and parameter counts
 worked out by hand), their sizes, how D sees a step, the runner in-process, and the real command
 line (a multirun over norms, and bad input as one line that writes nothing)."""
 
@@ -176,7 +176,7 @@ def test_bn_splits_leave_both_networks_as_they_were_and_skip_batch_free_norms():
 
 
 class BatchMean(nn.Module):
-    """A 'discriminator' whose score is its batch's mean pixel: the seed's symptom, by design."""
+    """A 'discriminator' whose score is its batch's mean pixel: the GAN post's symptom, by design."""
 
     def forward(self, x):
         return x.mean().expand(len(x))

@@ -50,7 +50,7 @@ def test_the_factor_rule_compares_with_the_first_epoch():
 
 
 def test_the_gans_rising_g_loss_is_not_divergence():
-    # The losses of seed001_gan_cpu's BN job, epochs 1, 2, 5, 10, 19 (measured here): D wins and
+    # The losses of gan_discriminator_norm_cpu's BN job, epochs 1, 2, 5, 10, 19 (measured here): D wins and
     # g_loss rises 3.8x. auto gives the GAN 1000x, so that is far from the limit.
     rule = run.DivergenceRule("gan", factor="auto", max_loss=1e4)
     for epoch, (d, g) in enumerate([(0.4363, 2.29), (0.02591, 4.554), (0.003306, 6.428),

@@ -1,4 +1,4 @@
-"""Models: the seeds' architectures (layer order, parameter counts worked out by hand), every
+"""Models: the write-ups' architectures (layer order, parameter counts worked out by hand), every
 dataset's image shape, and any norm in any model."""
 
 import pytest
@@ -20,7 +20,7 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def test_convnet_is_seed000_classifier():
+def test_convnet_is_the_autoencoder_posts_classifier():
     m = build("convnet", norm="none")
     convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
@@ -34,7 +34,7 @@ def test_convnet_is_seed000_classifier():
     assert kinds == ["Conv2d", "Identity", "ScaledReLU"]
 
 
-def test_scaled_relu_and_seed000_init_keep_unit_variance():
+def test_scaled_relu_and_randn_fan_in_init_keep_unit_variance():
     torch.manual_seed(0)
     x = torch.randn(64, 3, 32, 32)
     m = build("convnet", norm="none")
@@ -45,7 +45,7 @@ def test_scaled_relu_and_seed000_init_keep_unit_variance():
     assert torch.equal(ScaledReLU()(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2 * 2**0.5]))
 
 
-def test_cnn4_is_seed003_small_cnn():
+def test_cnn4_is_the_replacing_bn_posts_small_cnn():
     m = build("cnn4", norm="bn")
     kinds = [type(l).__name__ for l in m]
     assert kinds[:3] == ["Conv2d", "ReLU", "BatchNorm2d"]  # norm after the activation
@@ -83,7 +83,7 @@ def test_any_norm_fits_any_model(name, norm):
     m(torch.randn(2, 3, 64, 64)).sum().backward()
 
 
-def test_keras_cnn_is_seed002_model():
+def test_keras_cnn_is_the_fastai_threads_model():
     m = build("keras_cnn", c=1, size=28, norm="bn")
     kinds = [type(l).__name__ for l in m]
     assert kinds == ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "MaxPool2d",

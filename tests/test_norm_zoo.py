@@ -278,7 +278,7 @@ def test_bcn_group_count_that_does_not_divide():
         make_norm("bcn", groups=3)(8)
 
 
-# --- seed 003's ablation of BN's parts ----------------------------------------------------------
+# --- the Replacing BatchNorm post's ablation of BN's parts ---------------------------------------
 
 def test_bn_affine_is_scale_and_shift_only(x):
     layer = randomize(make_norm("bn_affine")(8))

@@ -1,6 +1,6 @@
-"""Batch uniformity: the seed-001 symptom of a BN discriminator scoring a batch, not its images.
+"""Batch uniformity: the GAN post's symptom of a BN discriminator scoring a batch, not its images.
 
-Seed 001 saw a VGG discriminator with BatchNorm give "a near-uniform value across the batch
+The GAN post saw a VGG discriminator with BatchNorm give "a near-uniform value across the batch
 dimension" when real and fake images came in separate batches. Measured here with the law of
 total variance. For K batches of B scores each, s[k, i]:
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.models.convnet import ScaledReLU, seed000_init_
+from bench.models.convnet import ScaledReLU, randn_fan_in_init_
 
 STAGES = 4  # stride-2 blocks in the encoder (and in the decoder)
 
@@ -58,7 +58,7 @@ class ConvAE(nn.Module):
         dec.append(nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1))
         self.encoder = nn.Sequential(*enc)
         self.decoder = nn.Sequential(*dec)
-        seed000_init_(self)
+        randn_fan_in_init_(self)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:

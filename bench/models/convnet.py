@@ -20,7 +20,7 @@ class ScaledReLU(nn.Module):
         return torch.relu(x) * math.sqrt(2.0)
 
 
-def seed000_init_(module: nn.Module) -> None:
+def randn_fan_in_init_(module: nn.Module) -> None:
     """Weights ~ N(0, 1/fan_in), biases 0, for every conv / transposed conv / linear in `module`."""
     for m in module.modules():
         if isinstance(m, nn.ConvTranspose2d):
@@ -53,4 +53,4 @@ class ConvNet(nn.Sequential):
         head = stride2_size(image_size, 4)
         layers += [nn.Conv2d(chans[-1], num_classes, head), nn.Flatten()]
         super().__init__(*layers)
-        seed000_init_(self)
+        randn_fan_in_init_(self)

@@ -1,10 +1,10 @@
 """How fast is the device-side data path, and when does channels_last pay?
 
-Prints images/s of one epoch of batches with flip + 3 px shift (seed 000's augmentation) from
+Prints images/s of one epoch of batches with flip + 3 px shift (the autoencoder post's augmentation) from
   - baseline: torch DataLoader over the same uint8 images with per-sample torchvision v2
     transforms (what a script usually does), num_workers=0 and 2;
   - ours: `DeviceBatches` (one gather per batch on the device);
-then ms per training step of a model (--model, default the seed-000 convnet) in NCHW vs
+then ms per training step of a model (--model, default the autoencoder post's convnet) in NCHW vs
 channels_last at several batch sizes,
 which is what `channels_last: auto` (on for bs >= 32) rests on.
 

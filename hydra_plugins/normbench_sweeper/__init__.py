@@ -23,10 +23,11 @@ Around the launch:
 - a command refused before any job ran leaves no multirun/ folder behind.
 
 It also takes `grids`: a list of sub-grids, each a `params`-style mapping, for an experiment that
-is not one Cartesian product (seed 003 runs GroupNorm with 4 groups on cnn4 but 32 on resnet18,
-and BN with eps 0.1 beside its other norms). Each grid is `params` updated by the grid's keys
-and then by the command line's, expanded like `params`; the jobs of all grids run in order, each
-distinct job once. The sweeper's config is `hydra/sweeper: normbench` (registered below).
+is not one Cartesian product (the Replacing BatchNorm post runs GroupNorm with 4 groups on cnn4
+but 32 on resnet18, and BN with eps 0.1 beside its other norms). Each grid is `params` updated by
+the grid's keys and then by the command line's, expanded like `params`; the jobs of all grids run
+in order, each distinct job once. The sweeper's config is `hydra/sweeper: normbench` (registered
+below).
 """
 
 import logging
