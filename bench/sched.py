@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from bench.checks import fail, require_bool, require_int, require_number
 from bench.errors import UserError, choices
 
 SCHEDULES = {
@@ -42,26 +43,28 @@ def check_scheduler(name: str, **settings) -> None:
         raise UserError(f"unknown setting sched.{unknown[0]} for sched '{name}' "
                         f"(allowed: {choices(SCHEDULES[name]) or 'none'})")
 
-    def fraction(key: str) -> None:  # strictly between 0 and 1
-        v = settings.get(key)
-        if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
-            raise UserError(f"sched.{key}={v!r} is not allowed (allowed: a number between 0 and 1)")
-
-    def positive(key: str, kind: type = float) -> None:
-        v = settings.get(key)
-        ok = isinstance(v, int) if kind is int else isinstance(v, (int, float))
-        if v is not None and (isinstance(v, bool) or not ok or v <= 0):
-            raise UserError(f"sched.{key}={v!r} is not a positive {'integer' if kind is int else 'number'}")
-
+    # Shares of a cycle, strictly inside it: 0 or 1 leaves the rise or the fall no steps
+    # (cyclic_factor divides by warmup and by 1 - warmup).
     for key in ("pct_start", "warmup"):
-        fraction(key)
+        if key in settings:
+            require_number(f"sched.{key}", settings[key], gt=0, lt=1)
+    # Factors of lr: at 0 the lr would start or end at 0 (cyclic) or at infinity (onecycle's
+    # lr / div_factor).
     for key in ("div_factor", "final_div_factor", "start", "end"):
-        positive(key)
-    positive("cycles", int)
+        if key in settings:
+            require_number(f"sched.{key}", settings[key], gt=0)
+    if "cycles" in settings:
+        require_int("sched.cycles", settings["cycles"], lo=1)
+    if "cycle_momentum" in settings:
+        require_bool("sched.cycle_momentum", settings["cycle_momentum"])
+    # Momentum (Adam's beta1) in [0, 1), as bench.optim requires of the optimizer's own.
+    for key in ("base_momentum", "max_momentum"):
+        if key in settings:
+            require_number(f"sched.{key}", settings[key], ge=0, lt=1)
     lo, hi = settings.get("base_momentum"), settings.get("max_momentum")
-    if lo is not None and hi is not None and not 0 <= lo <= hi < 1:
-        raise UserError(f"sched.base_momentum={lo} and sched.max_momentum={hi} are not allowed "
-                        f"(allowed: 0 <= base_momentum <= max_momentum < 1)")
+    if lo is not None and hi is not None and not lo <= hi:
+        fail("sched.base_momentum", lo, f"is above sched.max_momentum={hi!r}",
+             "0 <= base_momentum <= max_momentum < 1")
 
 
 def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int, **settings):
@@ -73,7 +76,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=total_steps,
                                                    **settings)
     if settings.get("cycles", 1) > total_steps:
-        raise UserError(f"sched.cycles={settings['cycles']} is more than the run's {total_steps} "
-                        f"optimizer steps (allowed: 1..{total_steps})")
+        fail("sched.cycles", settings["cycles"], f"is more than the run's {total_steps} optimizer steps",
+             f"1..{total_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cyclic_factor(step, total_steps, **settings))

@@ -33,7 +33,7 @@ CASES = [
     (["dataset=cifar10", "dataset.download=false"],
      "dataset 'cifar10' not found in "),
     (["dataset=mnist"], "put train-images-idx3-ubyte.gz"),
-    (["-m", "bs=2,0"], "bs=0 is not a positive integer [job: bs=0"),
+    (["-m", "bs=2,0"], "bs=0 is not a positive integer (allowed: an integer >= 1) [job: bs=0"),
     (["-m", "norm=bn,gn", "norm.groups=4"], "unknown setting 'norm.groups' with norm=bn"),
     (["device=cuda:7"], "device 'cuda:7'"),
     (["diverge.factor=0.5"], "diverge.factor=0.5 is not allowed (allowed: auto, a number >= 1, or 0"),
@@ -73,5 +73,6 @@ def test_database_that_cannot_be_opened(bench, tmp_path, url, message):
 def test_the_error_shows_the_url_as_typed_not_escaped(bench, tmp_path):
     # Hydra backslash-escapes the colon when it expands a sweep (sqlite\:///...).
     proc = bench("-m", "bs=0,2", f"db.url=sqlite:///{tmp_path / 'bench.db'}")
-    assert_user_error(proc, f"bs=0 is not a positive integer [job: bs=0 db.url=sqlite:///{tmp_path}")
+    assert_user_error(proc, "bs=0 is not a positive integer (allowed: an integer >= 1) "
+                            f"[job: bs=0 db.url=sqlite:///{tmp_path}")
     assert_no_folders_left(tmp_path)

@@ -166,7 +166,8 @@ def test_ghost_bn_is_batchnorm_per_even_chunk():
 
 
 def test_ghost_bn_settings_out_of_range():
-    with pytest.raises(UserError, match=r"norm.virtual_bs=0 is not allowed \(allowed: an integer >= 1\)"):
+    with pytest.raises(UserError,
+                       match=r"norm.virtual_bs=0 is not a positive integer \(allowed: an integer >= 1\)"):
         make_norm("ghost_bn", virtual_bs=0)(8)
 
 

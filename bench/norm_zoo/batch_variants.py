@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.norm_zoo import check_eps, check_momentum, check_setting
+from bench.checks import require_int, require_number
+from bench.norm_zoo import check_eps, check_flag, check_momentum
 
 DIMS = (0, 2, 3)  # the (B, H, W) dimensions a channel's statistics run over
 
@@ -58,9 +59,11 @@ class BatchRenorm2d(nn.BatchNorm2d):
 
     def __init__(self, num_channels: int, rmax: float = 3.0, dmax: float = 5.0, momentum: float | None = 0.1,
                  eps: float = 1e-5, warmup: int = 0):
-        check_setting("rmax", rmax, isinstance(rmax, (int, float)) and rmax >= 1, ">= 1")
-        check_setting("dmax", dmax, isinstance(dmax, (int, float)) and dmax >= 0, ">= 0")
-        check_setting("warmup", warmup, isinstance(warmup, int) and warmup >= 0, "an integer >= 0")
+        # r is clipped to [1/rmax, rmax] and d to [-dmax, dmax]: rmax < 1 or dmax < 0 is an empty
+        # interval. inf is allowed: no clipping, i.e. the running statistics used in training.
+        require_number("norm.rmax", rmax, ge=1, finite=False)
+        require_number("norm.dmax", dmax, ge=0, finite=False)
+        require_int("norm.warmup", warmup, lo=0)
         check_momentum(momentum)
         check_eps(eps)
         super().__init__(num_channels, eps=eps, momentum=momentum)
@@ -102,10 +105,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, num_channels: int, virtual_bs: int = 32, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True):
-        check_setting("virtual_bs", virtual_bs, isinstance(virtual_bs, int) and virtual_bs >= 1,
-                      "an integer >= 1")
+        require_int("norm.virtual_bs", virtual_bs, lo=1)
         check_momentum(momentum)
         check_eps(eps)
+        check_flag("affine", affine)
         super().__init__(num_channels, eps=eps, momentum=momentum, affine=affine)
         self.virtual_bs = virtual_bs
 
@@ -125,9 +128,9 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
 
 class DetachedBatchNorm2d(nn.BatchNorm2d):
-    """BN whose batch mean and variance are constants to autograd (seed 003's "normalize with
-    detached statistics"): the same forward as BN, but the gradient skips the terms that flow
-    through mean and variance, dy/dx = gamma / sigma_B. Eval: BN's."""
+    """BN whose batch mean and variance are constants to autograd (the Replacing BatchNorm post's
+    "normalize with detached statistics"): the same forward as BN, but the gradient skips the terms
+    that flow through mean and variance, dy/dx = gamma / sigma_B. Eval: BN's."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1):
         check_momentum(momentum)
@@ -147,9 +150,10 @@ class DetachedBatchNorm2d(nn.BatchNorm2d):
 
 
 class BatchNormOnly2d(nn.modules.batchnorm._BatchNorm):
-    """BN without its learnable scale and shift (seed 003's "normalize only"): nn.BatchNorm2d's
-    forward with affine=False. Not an nn.BatchNorm2d subclass on purpose: torchvision's ResNet sets
-    the weight of every BatchNorm2d to 1 after building, which fails when there is none."""
+    """BN without its learnable scale and shift (the Replacing BatchNorm post's "normalize only"):
+    nn.BatchNorm2d's forward with affine=False. Not an nn.BatchNorm2d subclass on purpose:
+    torchvision's ResNet sets the weight of every BatchNorm2d to 1 after building, which fails when
+    there is none."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1):
         check_momentum(momentum)
@@ -162,8 +166,9 @@ class BatchNormOnly2d(nn.modules.batchnorm._BatchNorm):
 
 
 class Affine2d(nn.Module):
-    """Only BN's learnable per-channel scale and shift, no normalization (seed 003's "affine
-    only"): y = x * gamma + beta, gamma = 1 and beta = 0 at the start. Same in train and eval."""
+    """Only BN's learnable per-channel scale and shift, no normalization (the Replacing BatchNorm
+    post's "affine only"): y = x * gamma + beta, gamma = 1 and beta = 0 at the start. Same in train
+    and eval."""
 
     def __init__(self, num_channels: int):
         super().__init__()

@@ -4,7 +4,7 @@ github.com/joe-siyuan-qiao/Batch-Channel-Normalization).
 
 BCN = a batch part, then a channel part: y = GN(BN(x)), each with its own learned affine.
 - `estimate=False` (default): the batch part is plain BN with batch statistics in training, the
-  paper's form for large batches and the "BN then GN" that seed 003 tried.
+  paper's form for large batches and the "BN then GN" that the Replacing BatchNorm post tried.
 - `estimate=True`: the paper's micro-batch form (its `EstBN`): the batch part normalizes with
   running estimates of the batch statistics, updated from the current batch *before* use and
   without gradient through them. The official code updates the variance around the previous
@@ -17,7 +17,7 @@ code's affine is per group). Eval: the batch part with its running statistics, t
 import torch
 from torch import nn
 
-from bench.norm_zoo import check_eps, check_momentum
+from bench.norm_zoo import check_eps, check_flag, check_groups, check_momentum
 from bench.norm_zoo.batch_variants import DIMS, _c, update_running_stats, values_per_channel
 
 
@@ -39,8 +39,10 @@ class BatchChannelNorm2d(nn.Module):
     def __init__(self, num_channels: int, groups: int = 8, eps: float = 1e-5, momentum: float | None = 0.1,
                  estimate: bool = False):
         super().__init__()
+        check_groups(groups)
         check_momentum(momentum)
         check_eps(eps)
+        check_flag("estimate", estimate)
         batch_norm = EstimatedBatchNorm2d if estimate else nn.BatchNorm2d
         self.bn = batch_norm(num_channels, eps=eps, momentum=momentum)
         self.gn = nn.GroupNorm(groups, num_channels, eps=eps)

@@ -15,7 +15,7 @@ value is our choice; the paper's lower bound is the fixed eps, 1e-6 by default).
 import torch
 from torch import nn
 
-from bench.norm_zoo import check_eps
+from bench.norm_zoo import check_eps, check_flag
 
 LEARNED_EPS_START = 1e-4
 
@@ -24,6 +24,7 @@ class FilterResponseNorm2d(nn.Module):
     def __init__(self, num_channels: int, eps: float = 1e-6, learnable_eps: bool = False):
         super().__init__()
         check_eps(eps)
+        check_flag("learnable_eps", learnable_eps)
         self.num_channels, self.eps = num_channels, eps
         shape = (1, num_channels, 1, 1)
         self.weight = nn.Parameter(torch.ones(shape))

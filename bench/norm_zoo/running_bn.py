@@ -1,4 +1,4 @@
-"""Running BatchNorm of the fast.ai course, seed 003's "Running BatchNorm"."""
+"""Running BatchNorm of the fast.ai course, the Replacing BatchNorm post's "Running BatchNorm"."""
 
 import math
 
@@ -11,7 +11,8 @@ from bench.norm_zoo.batch_variants import DIMS, _c
 
 class RunningBatchNorm2d(nn.Module):
     """Running BatchNorm of the fast.ai course (2019 part 2, lesson 10, notebook 07_batchnorm,
-    `RunningBatchNorm`), used by seed 003: training *and* eval normalize with running statistics.
+    `RunningBatchNorm`), used by the Replacing BatchNorm post: training *and* eval normalize with
+    running statistics.
 
     Per channel it keeps exponential averages of the batch sums S = sum(x), Q = sum(x^2) and the
     count c = B*H*W, all started at 0; mean = S/c and var = Q/c - mean^2. In training the current
