@@ -50,12 +50,22 @@ def check_forward(cfg: DictConfig, size: int, forward, what: str = ""):
         ) from None
 
 
+def meta_safe(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` (built on the meta device) made fit for a shapes-only forward pass: a norm with
+    momentum None (a cumulative average) divides by its batch counter as a Python number, which a
+    meta tensor cannot give (`Tensor.item()`), so the throw-away copy uses a fixed momentum."""
+    for m in model.modules():
+        if getattr(m, "momentum", 0.1) is None:
+            m.momentum = 0.1
+    return model
+
+
 def check_model(cfg: DictConfig) -> tuple[int, ...]:
     """The checks of a single-model task (classify, autoencode), on the meta device: the model
     builds and takes the dataset's images, the optimizer and the lr schedule accept their
     settings. Returns the shape of the model's output for a batch of 2."""
     channels, size, classes = data_shape(cfg)
-    model = model_from_config(cfg, channels, classes, size)
+    model = meta_safe(model_from_config(cfg, channels, classes, size))
     out = check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size)))
     optimizer_from_config(cfg, model.parameters())
     check_scheduler(cfg.sched.name, **settings(cfg.sched))

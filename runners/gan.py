@@ -49,6 +49,7 @@ from bench.train import (
     batches,
     check_forward,
     data_shape,
+    meta_safe,
     progress,
     settings,
     use_channels_last,
@@ -105,7 +106,7 @@ def check(cfg: DictConfig) -> None:
     channels, size, classes = data_shape(cfg)
 
     def forward():  # meta tensors: shapes only, no compute
-        gan = gan_from_config(cfg, channels, size)
+        gan = meta_safe(gan_from_config(cfg, channels, size))
         fake = gan.generator(gan.generator.noise(2))
         if tuple(fake.shape) != (2, channels, size, size):
             raise ValueError(f"the generator makes {tuple(fake.shape[1:])} images")

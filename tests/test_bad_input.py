@@ -156,3 +156,31 @@ def test_the_command_line_reports_a_bad_optimizer_setting_in_one_line_and_writes
     assert proc.returncode == 2, proc.stderr
     assert_user_error(proc, "optim.momentum=-1 is not allowed (allowed: 0 <= x < 1)")
     assert not (tmp_path / "bench.db").exists()
+
+
+MOMENTUM_NORMS = ["bn", "ghost_bn", "brn", "bn_detach", "bn_norm", "bcn"]
+
+
+@pytest.mark.parametrize("norm", MOMENTUM_NORMS)
+def test_cumulative_average_momentum_null_passes_the_checks(norm, tmp_path):
+    # momentum None is documented (nn.BatchNorm2d's cumulative average); the meta-device check
+    # used to refuse it with "Tensor.item() cannot be called on meta tensors".
+    for task in ("task=classify", "task=gan"):
+        check_config(compose_job(*DIGITS, task, f"norm={norm}", "norm.momentum=null",
+                                 f"db.url=sqlite:///{tmp_path}/x.db"))
+
+
+def test_cumulative_average_momentum_trains_and_matches_pytorch():
+    """A real forward in train mode: the running mean after two batches with momentum None is
+    the plain mean of the two batch means, as nn.BatchNorm2d(momentum=None) computes it."""
+    import torch
+
+    from bench.norms import make_norm
+
+    ours, ref = make_norm("bn", momentum=None)(3), torch.nn.BatchNorm2d(3, momentum=None)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 3, 5, 5, generator=g) + i for i in range(2)]
+    for x in xs:
+        ours(x), ref(x)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_mean, torch.stack([x.mean((0, 2, 3)) for x in xs]).mean(0))
