@@ -6,6 +6,7 @@ composed job config. The sweeper (`hydra_plugins.normbench_sweeper`) runs `check
 job of a sweep before the first one starts, so a bad value in a sweep loses no work.
 """
 
+import numbers
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -157,11 +158,29 @@ def _check_images(cfg: DictConfig, channels: int, size: int) -> None:
              f"{least} px or more, the size of the smallest images any dataset here ships")
 
 
+
+def _off_or(v, ok) -> bool:
+    """v turns a rule off (None or 0), or is a number (not a bool) that passes `ok`."""
+    return v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                         and (v == 0 or ok(v)))
+
+
+def check_diverge(cfg: DictConfig) -> None:
+    """`diverge.factor`: auto, a number >= 1, or 0/null (off); `diverge.max_loss`: a positive
+    number, or 0/null (off). The rules themselves are `bench.divergence`."""
+    factor, max_loss = (OmegaConf.select(cfg, f"diverge.{k}") for k in ("factor", "max_loss"))
+    off = "or 0 or null to turn the rule off"
+    if factor != "auto" and not _off_or(factor, lambda v: v >= 1):
+        fail("diverge.factor", factor, "is not allowed", f"auto, a number >= 1, {off}")
+    if not _off_or(max_loss, lambda v: v > 0):
+        fail("diverge.max_loss", max_loss, "is not allowed", f"a positive number, {off}")
+
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no training: names, ranges, batch size vs data, the model builds.
 
     The checks of plain values come first and import nothing heavy, so `bs=0` is reported in
     about a second; torch (~3 s to import) comes in for the checks that need it."""
+    check_diverge(cfg)
     _check_plain_values(cfg)
 
     import torch

@@ -13,9 +13,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from bench import run
+from bench.divergence import DivergenceRule
 from bench.errors import UserError
 from bench.runtime import config_hash
-from bench.validate import CONF_DIR
+from bench.validate import CONF_DIR, check_diverge
 from hydra_plugins.normbench_sweeper import summary
 
 
@@ -31,33 +32,33 @@ def losses(**named):
 
 
 def test_a_loss_that_is_not_finite_diverges_whatever_the_settings():
-    rule = run.DivergenceRule("classify", factor=None, max_loss=None)
+    rule = DivergenceRule("classify", factor=None, max_loss=None)
     assert rule(1, losses(loss=2.3)) is None
     assert rule(2, losses(loss=math.nan)) == "train loss became nan at epoch 2 (rule: not finite)"
-    assert run.DivergenceRule("gan", None, None)(1, losses(d_loss=1.0, g_loss=-math.inf)) == (
+    assert DivergenceRule("gan", None, None)(1, losses(d_loss=1.0, g_loss=-math.inf)) == (
         "train g_loss became -inf at epoch 1 (rule: not finite)")
 
 
 def test_the_factor_rule_compares_with_the_first_epoch():
-    rule = run.DivergenceRule("classify", factor="auto", max_loss=None)  # auto: 100 for classify
+    rule = DivergenceRule("classify", factor="auto", max_loss=None)  # auto: 100 for classify
     assert rule(1, losses(loss=2.0)) is None
     assert rule(2, losses(loss=0.5)) is None
     assert rule(3, losses(loss=199.0)) is None  # 99.5 x 2.0: under 100 x
     assert rule(4, losses(loss=201.0)) == ("train loss 201 at epoch 4 is more than diverge.factor=100 "
                                            "times its epoch-1 value 2 (rule: factor)")
-    rule = run.DivergenceRule("classify", factor=0, max_loss=None)  # 0: off
+    rule = DivergenceRule("classify", factor=0, max_loss=None)  # 0: off
     assert rule(1, losses(loss=2.0)) is None and rule(2, losses(loss=2e9)) is None
 
 
 def test_the_gans_rising_g_loss_is_not_divergence():
     # The losses of gan_discriminator_norm_cpu's BN job, epochs 1, 2, 5, 10, 19 (measured here): D wins and
     # g_loss rises 3.8x. auto gives the GAN 1000x, so that is far from the limit.
-    rule = run.DivergenceRule("gan", factor="auto", max_loss=1e4)
+    rule = DivergenceRule("gan", factor="auto", max_loss=1e4)
     for epoch, (d, g) in enumerate([(0.4363, 2.29), (0.02591, 4.554), (0.003306, 6.428),
                                     (0.001171, 7.526), (0.0002806, 8.766)], start=1):
         assert rule(epoch, losses(d_loss=d, g_loss=g)) is None
     # Its GN job: d_loss falls 390x to epoch 8, then rises 930x from there; 2.4x its epoch-1 value.
-    gn = run.DivergenceRule("gan", factor="auto", max_loss=1e4)
+    gn = DivergenceRule("gan", factor="auto", max_loss=1e4)
     for epoch, d in ((1, 0.3424), (8, 0.0008782), (12, 0.8224)):
         assert gn(epoch, losses(d_loss=d, g_loss=5.0)) is None
     assert rule(6, losses(d_loss=0.5, g_loss=2291.0)) == (
@@ -68,14 +69,14 @@ def test_the_gans_rising_g_loss_is_not_divergence():
 def test_max_loss_catches_a_run_that_blew_up_in_its_first_epoch():
     # lr=1e12 SGD on BN (measured here): 1.077e23 at epoch 1, 1.167e12 at epoch 2, test acc 0.1.
     # Falling from a blown-up first epoch: the factor rule alone would call it completed.
-    assert run.DivergenceRule("classify", "auto", None)(1, losses(loss=1.077e23)) is None
-    rule = run.DivergenceRule("classify", "auto", 1e4)
+    assert DivergenceRule("classify", "auto", None)(1, losses(loss=1.077e23)) is None
+    rule = DivergenceRule("classify", "auto", 1e4)
     assert rule(1, losses(loss=1.077e23)) == (
         "train loss 1.077e+23 at epoch 1 is above diverge.max_loss=10000 (rule: max_loss)")
 
 
 def test_test_losses_are_not_watched():
-    rule = run.DivergenceRule("classify", "auto", 1e4)
+    rule = DivergenceRule("classify", "auto", 1e4)
     assert rule(1, {("train", "loss"): 2.0, ("test_batchstats", "loss"): math.inf,
                     ("test", "loss"): 1e9, ("train", "acc"): 1e9}) is None
 
@@ -91,7 +92,7 @@ def test_test_losses_are_not_watched():
 ])
 def test_bad_divergence_settings_are_one_line_errors(overrides, message):
     with pytest.raises(UserError) as e:
-        run.check_diverge(compose_job(*overrides))
+        check_diverge(compose_job(*overrides))
     assert message in str(e.value)
 
 
@@ -99,7 +100,7 @@ def test_bad_divergence_settings_are_one_line_errors(overrides, message):
                                        ["diverge.factor=null", "diverge.max_loss=null"],
                                        ["diverge.factor=0", "diverge.max_loss=0"]])
 def test_good_divergence_settings_pass(overrides):
-    run.check_diverge(compose_job(*overrides))
+    check_diverge(compose_job(*overrides))
 
 
 def test_the_divergence_settings_are_part_of_the_config_hash():

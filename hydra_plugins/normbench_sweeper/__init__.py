@@ -170,7 +170,7 @@ class ValidatingSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from bench.errors import UserError
-        from bench.run import check_diverge, fail, open_results, shown_url, unescape
+        from bench.run import fail, open_results, shown_url, unescape
         from bench.validate import check_config
 
         # Composing each job is what Hydra's own check does; a composition error propagates from
@@ -181,7 +181,6 @@ class ValidatingSweeper(BasicSweeper):
             for overrides in batch:
                 cfg = loader.load_sweep_config(self.config, list(overrides))
                 try:
-                    check_diverge(cfg)
                     check_config(cfg)
                 except UserError as e:
                     job = " ".join(unescape(o) for o in overrides)
