@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Engine, Integer, String, bindparam, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from bench.errors import UserError
 from db.cli import DEFAULT_URL  # noqa: F401 (the report's default, as `python -m db`'s)
-from db.engine import open_engine
+from db.engine import open_engine, parse_url
 
 RUN_COLUMNS = ("id", "status", "task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs",
                "epochs_done", "duration_s", "threads", "error", "config")
@@ -62,11 +60,7 @@ def connect(url: str) -> Engine:
     before they existed, then begins deferred so the analysis never takes SQLite's write lock
     while reading (db/engine.py).
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:  # a path, most likely: the URL of that file is sqlite:/// + path
-        raise UserError(f"cannot open results database {url!r}: not a URL "
-                        f"(did you mean sqlite:///{url}?)") from None
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = parsed.database
         if not path or path == ":memory:":

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from bench.errors import UserError
+from db.engine import parse_url
 from db.views import FINAL_SELECT
 
 DEFAULT_URL = "sqlite:///results/bench.db"  # the training command's db.url (conf/config.yaml)
@@ -42,11 +42,7 @@ def _authorize(action, arg1, arg2, _db, _trigger):
 
 def open_readonly(url: str) -> Engine:
     """An engine that cannot write; a `UserError` if `url` names no existing database."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:  # a path, most likely: the URL of that file is sqlite:/// + path
-        raise UserError(f"cannot open results database {url!r}: not a URL "
-                        f"(did you mean sqlite:///{url}?)") from None
+    parsed = parse_url(url)
     kind = parsed.get_backend_name()
     if kind == "sqlite":
         path = Path(parsed.database or "")

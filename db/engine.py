@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from bench.errors import UserError
@@ -80,13 +80,19 @@ def _add_missing_columns(conn) -> None:
             conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}"))
 
 
-def open_engine(url: str) -> Engine:
-    """An Engine for `url` with the schema created; a one-line `UserError` if it cannot open."""
+def parse_url(url: str) -> URL:
+    """`url` parsed; a one-line `UserError` if it is not a URL (then most likely a path: the URL
+    of that file is sqlite:/// + path)."""
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError:
         raise UserError(f"cannot open results database {url!r}: not a URL "
                         f"(did you mean sqlite:///{url}?)") from None
+
+
+def open_engine(url: str) -> Engine:
+    """An Engine for `url` with the schema created; a one-line `UserError` if it cannot open."""
+    parsed = parse_url(url)
     shown = parsed.render_as_string(hide_password=True)
 
     def cannot(why: str) -> UserError:
