@@ -27,6 +27,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.errors import one_line, squash
+
 CHROMIUM = "/usr/bin/chromium"
 INSTALL = "apt-get update && apt-get install -y chromium"
 MIN_COLOURS = 32        # the report's page: thousands (plots, anti-aliased text); blank: 1
@@ -90,7 +92,7 @@ def look(page: Path, width: int, png: Path, chromium: str = CHROMIUM, timeout: f
                               env={"HOME": profile, "PATH": "/usr/bin:/bin"})
     found = re.search(r'<pre id="normbench-probe" hidden="">(.*?)</pre>', proc.stdout, re.S)
     if proc.returncode != 0 or not png.exists() or not found:
-        tail = " ".join((proc.stderr or proc.stdout).split())[-500:]
+        tail = squash(proc.stderr or proc.stdout)[-500:]
         raise RuntimeError(f"chromium exited {proc.returncode} without a screenshot and the page's "
                            f"measurements: {tail}")
     values = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
             try:
                 seen = look(args.page, width, png, args.chromium)
             except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+                print(f"error: {one_line(e, with_type=False)}", file=sys.stderr)
                 return 1
             colours, ink, vivid = content(png)
             blank = colours < MIN_COLOURS or ink < MIN_INK

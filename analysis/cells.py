@@ -14,6 +14,8 @@ import numbers
 
 import pandas as pd
 
+from bench.config_hash import BOOKKEEPING_KEYS as HASH_IGNORED
+
 # Always part of a cell, even when constant: the report's sections are (task, dataset, model),
 # its blocks are norms, and the Replacing BatchNorm post's tables always show bs and lr.
 IDENTITY = ("task", "dataset", "model", "norm", "bs", "lr")
@@ -21,17 +23,17 @@ SECTION = ("task", "dataset", "model")
 # Config keys that repeat a runs column (the column is used instead).
 ALIASES = {"task.name": "task", "dataset.name": "dataset", "model.name": "model",
            "norm.name": "norm", "bs": "bs", "lr": "lr", "seed": "seed", "epochs": "epochs"}
-# How a run was executed or recorded, not what was trained: bench.runtime.BOOKKEEPING_KEYS (what
-# the config hash ignores; not imported, as bench.runtime imports torch: 3.6 s) plus seed and hydra.
-BOOKKEEPING_ROOTS = ("seed", "hydra", "db", "resume", "progress", "device", "threads", "data_root",
-                     "channels_last")
-BOOKKEEPING_KEYS = ("dataset.download",)
+# How a run was executed or recorded, not what was trained: the keys the config hash ignores
+# (bench/config_hash.py, the one list) plus the seed (part of the hash, but it tells runs of one
+# cell apart instead of making a cell), Hydra's own node, and whether a dataset may be downloaded.
+BOOKKEEPING_ROOTS = ("seed", "hydra", *HASH_IGNORED)
+BOOKKEEPING_NESTED = ("dataset.download",)  # full keys below a root that is kept
 
 
 def is_bookkeeping(key: str) -> bool:
     root = key.split(".")[0]
     leaf = key.split(".")[-1]
-    return (root in BOOKKEEPING_ROOTS or key in BOOKKEEPING_KEYS or "output" in leaf
+    return (root in BOOKKEEPING_ROOTS or key in BOOKKEEPING_NESTED or "output" in leaf
             or leaf.endswith("_dir") or leaf == "dir")
 
 
@@ -54,7 +56,7 @@ def _tidy(column: pd.Series) -> pd.Series:
     return column.map(lambda v: v if v is None or v != v else str(v)).astype("object")
 
 
-def settings(runs: pd.DataFrame) -> pd.DataFrame:
+def settings_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: the identity columns, epochs, and every non-bookkeeping config key."""
     flat = pd.DataFrame([flatten(c) for c in runs["config"]], index=runs.index)
     columns = {*IDENTITY, "epochs"}  # a config that repeats a column under its plain name

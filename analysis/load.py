@@ -1,22 +1,26 @@
 """Reading the results database: runs, final metrics (aggregated in SQL) and learning curves.
 
-The heavy lifting is SQL: the `run_final` view (db/views.py) reduces 2 M metric rows to one row
-per (run, split, name) inside SQLite, and a learning curve reads one (split, name) range of the
-covering index. pandas only sees per-run rows and the curves it plots.
+The heavy lifting is SQL: the `run_final` view's SELECT (db/views.py) reduces 2 M metric rows to
+one row per (run, split, name) inside SQLite, and a learning curve reads one (split, name) range
+of the covering index. pandas only sees per-run rows and the curves it plots.
+
+The engine comes from `db.engine.open_readonly`, which creates nothing: so nothing here relies on
+what the writer adds to a file. The view's SELECT is used as a subquery instead of the view, a
+column the writer adds to older files (`ADDED_COLUMNS`) reads as NULL where it is missing, and the
+writer's index (ix_metrics_split_name) only makes the reads faster.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Engine, Integer, String, bindparam, text
+from sqlalchemy import Connection, Engine, Integer, String, bindparam, inspect, text
 
-from bench.errors import UserError
 from db.cli import DEFAULT_URL  # noqa: F401 (the report's default, as `python -m db`'s)
-from db.engine import open_engine, parse_url
+from db.engine import ADDED_COLUMNS
+from db.views import FINAL_SELECT
 
 RUN_COLUMNS = ("id", "status", "task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs",
                "epochs_done", "duration_s", "threads", "error", "config")
@@ -53,29 +57,23 @@ def _query(where_sql: str, params: dict, sql: str):
     return query
 
 
-def connect(url: str) -> Engine:
-    """A reading engine for `url`; a `UserError` if there is no database there.
-
-    Goes through `open_engine`, which creates the views and indexes on a database written
-    before they existed, then begins deferred so the analysis never takes SQLite's write lock
-    while reading (db/engine.py).
-    """
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = parsed.database
-        if not path or path == ":memory:":
-            raise UserError(f"{url!r} is not a database file (use sqlite:///path/to/bench.db)")
-        if not Path(path).is_file():
-            raise UserError(f"no results database at {path!r} (train with `python -m bench.run`, "
-                            "or pass --db URL)")
-    return open_engine(url).execution_options(sqlite_begin="DEFERRED")
+def runs_columns(conn: Connection) -> set[str]:
+    """The columns of table `runs`; none if there is no such table (a file no writer opened)."""
+    found = inspect(conn)
+    return {c["name"] for c in found.get_columns("runs")} if found.has_table("runs") else set()
 
 
 def load_runs(engine: Engine, filters: Filters = Filters()) -> pd.DataFrame:
     """One row per run (every status), indexed by id; `config` parsed into a dict."""
     where, params = filters.where()
-    sql = f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)} FROM runs AS r WHERE {{where}} ORDER BY r.id"
     with engine.connect() as conn:
+        have = runs_columns(conn)
+        if not have:
+            return pd.DataFrame(columns=RUN_COLUMNS).set_index("id")
+        # A column added after the first release is missing from a file no writer has opened
+        # since; the reader cannot add it (db/engine.py), so it reads as NULL, as in old rows.
+        shown = [f"r.{c}" if c in have or c not in ADDED_COLUMNS else f"NULL AS {c}" for c in RUN_COLUMNS]
+        sql = f"SELECT {', '.join(shown)} FROM runs AS r WHERE {{where}} ORDER BY r.id"
         runs = pd.read_sql_query(_query(where, params, sql), conn, params=params)
     # SQLite hands back the JSON column as text, PostgreSQL as a dict.
     runs["config"] = [c if isinstance(c, dict) else json.loads(c) for c in runs["config"]]
@@ -86,6 +84,8 @@ def load_runs(engine: Engine, filters: Filters = Filters()) -> pd.DataFrame:
 def count_runs(engine: Engine) -> pd.Series:
     """Number of runs per task in the whole database (for the 'nothing matched' message)."""
     with engine.connect() as conn:
+        if not runs_columns(conn):
+            return pd.Series({}, dtype="int64")
         rows = conn.execute(text("SELECT task, COUNT(*) FROM runs GROUP BY task ORDER BY task")).all()
     return pd.Series({task: n for task, n in rows}, dtype="int64")
 
@@ -93,7 +93,8 @@ def count_runs(engine: Engine) -> pd.Series:
 def load_final(engine: Engine, filters: Filters = Filters()) -> pd.DataFrame:
     """Columns run_id, split, name, epoch, value: each metric at its last logged epoch."""
     where, params = filters.where()
-    sql = ("SELECT f.run_id, f.split, f.name, f.epoch, f.value FROM run_final AS f "
+    # run_final's SELECT, not the view: a reader does not create the view on a file without it.
+    sql = ("SELECT f.run_id, f.split, f.name, f.epoch, f.value FROM (" + FINAL_SELECT + ") AS f "
            "JOIN runs AS r ON r.id = f.run_id WHERE {where}")
     with engine.connect() as conn:
         final = pd.read_sql_query(_query(where, params, sql), conn, params=params)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from analysis import cells, load
-from bench.errors import UserError
+from bench.errors import UserError, one_line
 from db.cli import OneLineParser
+from db.engine import open_readonly
 
 # The modules that draw and test (matplotlib, seaborn, scipy: ~2.5 s to import) are imported in
 # build() and write(), after the selection is checked: a mistyped filter is reported at once.
@@ -105,7 +107,7 @@ def _threads_fact(threads: pd.Series) -> str:
 
 def build(opts: argparse.Namespace, clock: Clock):
     """(Document, {csv name: DataFrame}); a UserError when nothing is selected."""
-    engine = load.connect(opts.db)
+    engine = open_readonly(opts.db)  # creates and changes nothing, even on a writable file
     filters = load.Filters(task=_split(opts.task), dataset=_split(opts.dataset),
                            model=_split(opts.model), norm=_split(opts.norm))
     runs = load.load_runs(engine, filters)
@@ -116,7 +118,7 @@ def build(opts: argparse.Namespace, clock: Clock):
             raise UserError(f"no runs in the database {shown_db} (train some with `python -m bench.run`)")
         have = ", ".join(f"{task} {n}" for task, n in total.items())
         raise UserError(f"no runs match {filters.describe()} (the database has: {have})")
-    table = cells.settings(runs)
+    table = cells.settings_table(runs)
     table = table[_where(table.assign(seed=runs["seed"]), opts.where)]
     if table.empty:
         raise UserError(f"no runs match --where {' '.join(opts.where)} among {len(runs)} runs")
@@ -207,6 +209,12 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, BadOption) else 1
+    except (DBAPIError, pd.errors.DatabaseError) as e:  # a `runs` table not ours, a lost connection
+        # pandas wraps SQLAlchemy's error in its own, with the whole statement: show the cause's.
+        cause = e.__cause__ if isinstance(e, pd.errors.DatabaseError) and e.__cause__ else e
+        print(f"error: cannot read the results database: {one_line(cause, with_type=False)}",
+              file=sys.stderr)
+        return 1
     try:
         page = write(doc, csvs, opts.out)
     except OSError as e:

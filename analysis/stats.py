@@ -145,18 +145,19 @@ def paired(values: pd.DataFrame, keys: list[str], a: str = "test", b: str = "tes
     return g[columns]
 
 
-def distance_ratio(mse_a, mse_b):
+def sqrt_mse_ratio(mse_a, mse_b):
     """sqrt(mse_a) / sqrt(mse_b): how much farther from the target a's reconstructions are.
 
     The autoencoder post treats the square root of an autoencoder's test MSE as a distance: with BN as `a`
     and no norm as `b`, sqrt(0.007543) / sqrt(0.005948) = 1.126 ("12.61% larger with BN").
-    Works on numbers or arrays, for any two norms.
+    Works on numbers or arrays, for any two norms. The one implementation of the formula: the
+    report's comparisons use it, and `analysis.distance.distance_ratio` applies it to a database.
     """
     return np.sqrt(mse_a) / np.sqrt(mse_b)
 
 
 def is_squared_distance(name: str) -> bool:
-    """Metrics for which `distance_ratio` makes sense (mean squared errors)."""
+    """Metrics for which `sqrt_mse_ratio` makes sense (mean squared errors)."""
     return name == "mse" or name.endswith("_mse")
 
 
@@ -165,7 +166,7 @@ def compare(summary: pd.DataFrame, keys: list[str], baseline: str, alpha: float 
 
     `summary` has keys + split, name, mean, std, n. Returns one row per (cell, metric, norm) with
     base_* and the norm's mean/std/n, Welch's diff, ci_low, ci_high, p, mark, and `ratio`
-    (distance_ratio of the norm over the baseline) for squared-error metrics.
+    (sqrt_mse_ratio of the norm over the baseline) for squared-error metrics.
     """
     match = [k for k in keys if k != "norm"] + ["split", "name"]
     base = summary[summary["norm"] == baseline].drop(columns="norm")
@@ -180,6 +181,6 @@ def compare(summary: pd.DataFrame, keys: list[str], baseline: str, alpha: float 
     both["mark"] = [mark(p, na, nb, alpha) for p, na, nb in zip(both["p"], both["base_n"], both["n"],
                                                                 strict=True)]
     squared = both["name"].map(is_squared_distance)
-    both["ratio"] = np.where(squared, distance_ratio(both["mean"].where(squared),
+    both["ratio"] = np.where(squared, sqrt_mse_ratio(both["mean"].where(squared),
                                                      both["base_mean"].where(squared)), np.nan)
     return both

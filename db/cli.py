@@ -1,10 +1,8 @@
 """`python -m db`: the results database from a terminal (runs, show, query, export).
 
-Every command opens the database read-only at the connection level and never creates it:
-SQLite through a `file:...?mode=ro` URI with `PRAGMA query_only=ON` and an authorizer that
-refuses ATTACH and setting pragmas (an attached file would be writable); PostgreSQL with
-`default_transaction_read_only=on` for the session and READ ONLY transactions. So
-`python -m db query "DELETE FROM runs"` fails inside the database, whatever the SQL says.
+Every command opens the database with `db.engine.open_readonly`: read-only at the connection
+level, never creating or changing anything, so `python -m db query "DELETE FROM runs"` fails
+inside the database, whatever the SQL says.
 """
 
 from __future__ import annotations
@@ -12,57 +10,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sqlite3
 import sys
-from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
 
-from bench.errors import UserError
-from db.engine import parse_url
+from bench.errors import UserError, one_line, squash
+from db.engine import open_readonly
 from db.views import FINAL_SELECT
 
 DEFAULT_URL = "sqlite:///results/bench.db"  # the training command's db.url (conf/config.yaml)
 RUN_LIST = ("id", "status", "task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs_done",
             "epochs", "duration_s", "started_at", "error")
-# Pragmas that only report (with an argument); any other pragma may only be read, not set.
-INFO_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
-                "foreign_key_list", "function_list", "pragma_list", "table_list"}
-
-
-def _authorize(action, arg1, arg2, _db, _trigger):
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-        return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and arg1.lower() not in INFO_PRAGMAS:
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
-def open_readonly(url: str) -> Engine:
-    """An engine that cannot write; a `UserError` if `url` names no existing database."""
-    parsed = parse_url(url)
-    kind = parsed.get_backend_name()
-    if kind == "sqlite":
-        path = Path(parsed.database or "")
-        if not parsed.database or parsed.database == ":memory:" or not path.is_file():
-            raise UserError(f"no results database at {str(path)!r} (pass --db URL)")
-        uri = path.resolve().as_uri() + "?mode=ro"
-
-        def connect():
-            conn = sqlite3.connect(uri, uri=True, timeout=30)
-            conn.execute("PRAGMA query_only=ON")
-            conn.set_authorizer(_authorize)
-            return conn
-
-        return create_engine("sqlite://", creator=connect, poolclass=NullPool)
-    if kind == "postgresql":
-        engine = create_engine(parsed, poolclass=NullPool, connect_args={
-            "connect_timeout": 10, "options": "-c default_transaction_read_only=on"})
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("SET TRANSACTION READ ONLY"))
-        return engine
-    raise UserError(f"unknown database kind {kind!r} (use sqlite:///path.db or postgresql://...)")
 
 
 def _where(args) -> tuple[str, dict]:
@@ -81,7 +40,7 @@ def _fmt(v) -> str:
         return "NULL"
     if isinstance(v, float):
         return f"{v:.6g}"
-    return " ".join(str(v).split())
+    return squash(v)
 
 
 def print_table(columns, rows, out) -> None:
@@ -108,8 +67,12 @@ def cmd_show(args, conn, out) -> None:
     if run is None:
         raise UserError(f"no run with id {args.run_id}")
     for key, value in run.items():
-        if key != "config":
+        if key not in ("config", "versions"):
             print(f"{key:<14}{_fmt(value)}", file=out)
+    if run.get("versions"):  # NULL in rows written before the column existed
+        print("versions", file=out)
+        for package, version in json.loads(run["versions"]).items():
+            print(f"  {package:<14}{version}", file=out)
     config = run["config"] if isinstance(run["config"], dict) else json.loads(run["config"])
     print("config\n  " + json.dumps(config, indent=2).replace("\n", "\n  "), file=out)
     metrics = conn.execute(text("SELECT epoch, split, name, value FROM metrics WHERE run_id = :id "
@@ -213,10 +176,6 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {"runs": cmd_runs, "show": cmd_show, "query": cmd_query, "export": cmd_export}
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(getattr(e, "orig", None) or e).split())
-
-
 def main(argv=None, out=None) -> int:
     args = parser().parse_args(argv)
     out = out or sys.stdout
@@ -228,7 +187,7 @@ def main(argv=None, out=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except DBAPIError as e:
-        why = _one_line(e)
+        why = one_line(e, with_type=False)
         if any(s in why for s in ("readonly", "read-only", "not authorized")):
             why = f"the database is opened read-only and was not changed ({why})"
         print(f"error: {why}", file=sys.stderr)

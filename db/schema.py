@@ -33,6 +33,12 @@ Table ``runs``
                   are summed in an order that depends on it, so the same seed gives the same
                   numbers only at the same thread count. NULL in rows written before it existed.
     torch_version torch version string, 'unknown' if torch was not installed.
+    versions      JSON text: the versions of the libraries that shape the numbers or the config,
+                  {"torch": "2.5.1", "torchvision", "numpy", "scipy", "torchmetrics",
+                  "scikit-learn", "pillow", "hydra-core", "omegaconf", "sqlalchemy", "python"},
+                  'not installed' for one that was not (``json_extract(versions, '$.numpy')`` in
+                  SQLite, ``versions::json->>'numpy'`` in PostgreSQL). NULL in rows written
+                  before it existed.
     code_version  ``git describe --always --dirty --tags`` of the code, else the package version.
     error         why the run failed or diverged, else NULL.
 
@@ -122,6 +128,9 @@ class Run(Base):
     device: Mapped[str] = mapped_column(Text)
     threads: Mapped[int | None] = mapped_column(Integer)
     torch_version: Mapped[str] = mapped_column(Text)
+    # Text holding JSON, not a JSON column: ALTER TABLE adds it as TEXT to older files
+    # (db.engine.ADDED_COLUMNS), and a new file must have the same type on every backend.
+    versions: Mapped[str | None] = mapped_column(Text)
     code_version: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import math
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -53,6 +55,33 @@ def _torch_version() -> str:
         return importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+# The distributions whose versions change what a run computes (torch's and torchvision's kernels
+# and transforms, numpy's and scipy's numerics, torchmetrics' FID, scikit-learn's and pillow's
+# datasets and image decoding) or how its config is composed (hydra-core, omegaconf), and the
+# database layer that stores the numbers (sqlalchemy).
+VERSIONED = ("torch", "torchvision", "numpy", "scipy", "torchmetrics", "scikit-learn", "pillow",
+             "hydra-core", "omegaconf", "sqlalchemy")
+
+
+@functools.cache
+def _versions_json() -> str:
+    # Installed metadata, not `import`: importing torch or scipy only to read a version takes
+    # seconds; the metadata gives the same strings, once per process.
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["python"] = platform.python_version()
+    return json.dumps(versions)
+
+
+def library_versions() -> dict[str, str]:
+    """{distribution name: version} of `VERSIONED` ('not installed' if absent), and 'python'."""
+    return json.loads(_versions_json())
 
 
 def _now() -> datetime:
@@ -100,7 +129,7 @@ class ResultsDB:
             config_hash=config_hash, output_dir=None if output_dir is None else str(output_dir),
             started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=os.getpid(),
             device=str(device), threads=None if threads is None else int(threads),
-            torch_version=_torch_version(), code_version=code_version(),
+            torch_version=_torch_version(), versions=_versions_json(), code_version=code_version(),
         )
         with self.engine.begin() as conn:
             return conn.execute(insert(Run), row).inserted_primary_key[0]

@@ -1,5 +1,9 @@
 """Convenience views and the analysis' indexes, created with the schema (`db.engine.open_engine`).
 
+The views are for people's SQL. Our own readers (analysis/, `python -m db export final`) use the
+SELECTs below as subqueries: they open the file read-only (`db.engine.open_readonly`) and cannot
+create a view that a file written before it lacks. The index only makes their reads faster.
+
 Views (plain SQL over `runs` and `metrics`; query them like tables):
 
 ``run_final``   one row per (run, split, name): the metric's value at the last epoch it was logged

@@ -1,8 +1,13 @@
 """The analysis against independent references: Python's statistics module on the inserted values,
 scipy's own Welch test on raw values, and the numbers printed in the autoencoder post."""
 
+import hashlib
+import json
 import math
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -202,7 +207,7 @@ def test_empty_database_and_unmatched_filter_exit_with_one_line(tmp_path, grid_d
 def _settings(rows: list[dict]) -> pd.DataFrame:
     runs = pd.DataFrame([{**BASE, "norm": r["norm"], "bs": r["bs"], "lr": r.get("lr", 1e-3),
                           "config": r["config"]} for r in rows])
-    return cells.settings(runs)
+    return cells.settings_table(runs)
 
 
 def test_cells_are_what_varied():
@@ -240,9 +245,65 @@ def test_swept_config_key_becomes_a_table_column(tmp_path):
 
 
 def test_bookkeeping_keys_follow_the_config_hash():
-    from bench.runtime import BOOKKEEPING_KEYS  # torch is imported by conftest anyway
+    from bench.config_hash import BOOKKEEPING_KEYS
 
     assert set(BOOKKEEPING_KEYS) <= set(cells.BOOKKEEPING_ROOTS)
+    assert all(cells.is_bookkeeping(f"{k}.x") for k in BOOKKEEPING_KEYS)
+
+
+def test_the_analysis_and_the_config_hash_import_without_torch():
+    # The report must start fast on a machine that has no torch: `import torch` takes ~3.6 s.
+    code = ("import sys; import analysis.cells, analysis.distance, analysis.load, analysis.report, "
+            "bench.config_hash, db; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# sha256 digests that config_hash gave before it moved out of bench/runtime.py: resuming an
+# existing database matches them, so they must never change.
+OLD_HASHES = [
+    ({"task": {"name": "classify"}, "bs": 128, "lr": 0.001, "seed": 0, "epochs": 2,
+      "optim": {"name": "adam", "betas": [0.9, 0.999]}, "db": {"url": "sqlite:///x"}, "device": "cpu",
+      "threads": 4, "resume": True, "progress": False, "data_root": "data", "channels_last": False},
+     "79ba63d144d3bde461b73199b81f9f043b0b0859c2595da138ca4a3d13a6eeeb"),
+    ({"task": {"name": "classify"}, "bs": 128, "lr": 0.001, "seed": 0, "epochs": 2,
+      "optim": {"name": "adam", "betas": [0.9, 0.999]}},  # the same without bookkeeping
+     "79ba63d144d3bde461b73199b81f9f043b0b0859c2595da138ca4a3d13a6eeeb"),
+    ({"norm": {"name": "gn", "groups": 8, "eps": 1e-05}, "lr": 3e-4, "note": "é",
+      "out": Path("/tmp/x"), "dataset": {"name": "digits", "download": True}},
+     "3d8ad6746cfdfb8e69a0ba898a90acc9a9d949f0e738688afafd3d354477135a"),
+    ({}, "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"),
+]
+
+
+@pytest.mark.parametrize("config, digest", OLD_HASHES)
+def test_config_hash_is_unchanged(config, digest):
+    from bench.config_hash import config_hash
+
+    assert config_hash(config) == digest
+
+
+def _reference_hash(config: dict) -> str:
+    """The config hash as it was defined: sha256 of canonical JSON without these seven keys."""
+    kept = {k: v for k, v in config.items()
+            if k not in ("db", "resume", "progress", "device", "threads", "data_root", "channels_last")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+                          .encode()).hexdigest()
+
+
+def test_config_hash_of_every_preset_is_the_reference():
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    from bench.config_hash import config_hash
+    from runners.validate import CONF_DIR
+
+    presets = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    assert "demo" in presets
+    for overrides in [(), *((f"experiment={p}",) for p in presets)]:
+        config = OmegaConf.to_container(compose_config(*overrides), resolve=True)
+        assert config_hash(config) == _reference_hash(config), overrides
 
 
 def test_welch_matches_scipy_on_raw_values():
@@ -265,8 +326,8 @@ def test_welch_matches_scipy_on_raw_values():
 
 def test_distance_ratio_is_the_autoencoder_posts_number():
     # the autoencoder post: math.sqrt(0.007543) / math.sqrt(0.005948) = 1.1261249325984088 (BN over none)
-    assert stats.distance_ratio(0.007543, 0.005948) == pytest.approx(1.1261249325984088, rel=1e-12)
-    assert stats.distance_ratio(np.array([4.0, 1.0]), np.array([1.0, 4.0])).tolist() == [2.0, 0.5]
+    assert stats.sqrt_mse_ratio(0.007543, 0.005948) == pytest.approx(1.1261249325984088, rel=1e-12)
+    assert stats.sqrt_mse_ratio(np.array([4.0, 1.0]), np.array([1.0, 4.0])).tolist() == [2.0, 0.5]
 
 
 def test_directions_and_formats():
@@ -284,7 +345,7 @@ def test_directions_and_formats():
     md = to_markdown(table)
     assert "**norm = a_b**" in md and "| **1 ± 2** |" in md and "3\\|4" in md
     assert latex_escape("#&~") == r"\#\&\textasciitilde{}"
-    assert not math.isnan(stats.distance_ratio(1.0, 1.0))
+    assert not math.isnan(stats.sqrt_mse_ratio(1.0, 1.0))
 
 
 def test_paired_matches_scipy_ttest_rel_per_cell():

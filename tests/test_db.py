@@ -1,5 +1,6 @@
 """The results database on real SQLite files, read back with the sqlite3 module (not the ORM)."""
 
+import importlib.metadata
 import json
 import math
 import multiprocessing as mp
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from bench.errors import UserError
-from db import ResultsDB, Run
+from db import ResultsDB, Run, store
 
 RUN = dict(task="classify", dataset="digits", model="mlp", norm="bn", bs=32, lr=0.1, seed=0,
            epochs=20, config={"optim": {"lr": 0.1, "wd": 5e-4}, "norm": "bn"}, config_hash="a" * 64)
@@ -258,3 +260,67 @@ def test_threads_recorded_and_added_to_a_file_written_before_the_column(tmp_path
     assert rows == [{"id": first, "threads": None, "config_hash": "a" * 64},
                     {"id": second, "threads": 3, "config_hash": "a" * 64}]
     assert _sql(path, "SELECT threads FROM run_summary WHERE run_id = ?", second) == [{"threads": 3}]
+
+
+# The libraries whose versions shape a run's numbers or config, by distribution name.
+VERSIONED = ["torch", "torchvision", "numpy", "scipy", "torchmetrics", "scikit-learn", "pillow",
+             "hydra-core", "omegaconf", "sqlalchemy"]
+
+
+def _installed(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def test_each_run_records_the_library_versions(tmp_path):
+    path = tmp_path / "r.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        db.start_run(**RUN)
+    [row] = _sql(path, "SELECT versions, torch_version FROM runs")
+    versions = json.loads(row["versions"])
+    want = {name: _installed(name) for name in VERSIONED}
+    want["python"] = "{}.{}.{}".format(*sys.version_info[:3])
+    assert versions == want and list(versions) == [*VERSIONED, "python"]
+    # torch_version is kept as it was: the loaded torch's own string (with its build's local
+    # label, '+cu130', which the installed metadata leaves out)
+    assert row["torch_version"] == sys.modules["torch"].__version__ and versions["torch"] != "not installed"
+    assert _sql(path, "SELECT json_extract(versions, '$.numpy') AS v FROM runs") == [dict(v=want["numpy"])]
+
+
+def test_versions_are_read_once_per_process_and_absent_ones_named(tmp_path, monkeypatch):
+    calls = []
+    real = importlib.metadata.version
+
+    def version(name):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setattr(store, "VERSIONED", ("numpy", "no-such-distribution-normbench"))
+    store._versions_json.cache_clear()
+    try:
+        with ResultsDB(f"sqlite:///{tmp_path / 'r.db'}") as db:
+            db.start_run(**RUN)
+            db.start_run(**RUN)
+        assert calls.count("numpy") == 1 and calls.count("no-such-distribution-normbench") == 1
+        rows = _sql(tmp_path / "r.db", "SELECT versions FROM runs")
+        missing = [json.loads(r["versions"])["no-such-distribution-normbench"] for r in rows]
+        assert missing == ["not installed"] * 2
+    finally:
+        store._versions_json.cache_clear()  # the other tests see the real list again
+
+
+def test_versions_added_to_a_file_written_before_the_column(tmp_path):
+    path = tmp_path / "old.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        first = db.start_run(**RUN)
+    with sqlite3.connect(path) as conn:  # as the release before `runs.versions` wrote it
+        conn.execute("ALTER TABLE runs DROP COLUMN versions")
+    conn.close()
+    with ResultsDB(f"sqlite:///{path}") as db:
+        second = db.start_run(**RUN)
+    rows = _sql(path, "SELECT id, versions FROM runs ORDER BY id")
+    assert [r["id"] for r in rows] == [first, second] and rows[0]["versions"] is None
+    assert json.loads(rows[1]["versions"])["sqlalchemy"] == _installed("sqlalchemy")

@@ -1,16 +1,19 @@
 """The convenience views and `python -m db`, checked with the sqlite3 module (not our code)."""
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 
 import pytest
+import sqlalchemy.exc
 
-from bench.errors import UserError
+from bench.errors import UserError, one_line
 from db import ResultsDB
 from db.cli import main
 from db.engine import open_engine
@@ -20,7 +23,8 @@ RUN = dict(task="classify", dataset="digits", model="convnet", lr=1e-3, epochs=3
 
 
 def _sql(path, query, *args):
-    with sqlite3.connect(path) as conn:
+    # Closed on return (sqlite3's `with` only commits): an open connection keeps -wal and -shm.
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         return conn.execute(query, args).fetchall()
 
 
@@ -50,6 +54,47 @@ def run(capsys, *argv):
 
 def checksum(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(path) -> tuple:
+    """What reading must leave as it was: the file's bytes, the files beside it (-wal, -journal
+    with their bytes; -shm, SQLite's shared-memory index, where a reader of a file that a writer
+    holds open marks what it reads, by its name only), and the journal mode in the file's header
+    (bytes 18-19: 2 = WAL)."""
+    beside = {p.name: "present" if p.name.endswith("-shm") else checksum(p)
+              for p in sorted(path.parent.iterdir()) if p != path}
+    return checksum(path), beside, path.read_bytes()[18:20]
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """The file `path` and its directory made read-only (chmod 444 and 555). Root ignores modes,
+    so for root both also get the immutable attribute (chattr +i); where that is unavailable the
+    test is skipped. Checked with real writes before the body runs."""
+    folder = path.parent
+    os.chmod(path, 0o444)
+    os.chmod(folder, 0o555)
+    immutable = []
+    try:
+        if os.geteuid() == 0:
+            for p in (path, folder):
+                try:
+                    done = subprocess.run(["chattr", "+i", str(p)], capture_output=True).returncode == 0
+                except OSError:
+                    done = False
+                if not done:
+                    pytest.skip("root ignores chmod here and chattr +i is not available")
+                immutable.append(p)
+        with pytest.raises(OSError):
+            path.open("ab").close()
+        with pytest.raises(OSError):
+            (folder / "probe").touch()
+        yield path
+    finally:
+        for p in reversed(immutable):
+            subprocess.run(["chattr", "-i", str(p)], check=True)
+        os.chmod(folder, 0o755)
+        os.chmod(path, 0o644)
 
 
 def test_run_final_is_each_metrics_last_epoch(db_path):
@@ -92,14 +137,15 @@ def test_views_and_index_are_idempotent_and_replace_an_outdated_view(db_path):
     "DELETE FROM runs", "DROP TABLE metrics", "UPDATE runs SET status = 'failed'",
     "INSERT INTO metrics VALUES (1, 9, 'test', 'acc', 1.0)", "CREATE TABLE t (x)",
     "PRAGMA query_only = OFF", "ATTACH DATABASE 'other.db' AS o", "SELECT 1; DELETE FROM runs",
+    "PRAGMA wal_checkpoint", "PRAGMA journal_mode = DELETE", "VACUUM", "VACUUM INTO 'other.db'",
 ])
 def test_query_cannot_modify_the_database(db_path, capsys, sql, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    before, counts = checksum(db_path), _sql(db_path, "SELECT (SELECT COUNT(*) FROM runs), "
-                                                      "(SELECT COUNT(*) FROM metrics)")
+    counts = _sql(db_path, "SELECT (SELECT COUNT(*) FROM runs), (SELECT COUNT(*) FROM metrics)")
+    before = snapshot(db_path)
     rc, out, err = run(capsys, "query", sql, "--db", f"sqlite:///{db_path}")
     assert rc == 1 and out == "" and err.startswith("error: ") and err.count("\n") == 1
-    assert checksum(db_path) == before
+    assert snapshot(db_path) == before
     assert _sql(db_path, "SELECT (SELECT COUNT(*) FROM runs), (SELECT COUNT(*) FROM metrics)") == counts
     assert not (tmp_path / "other.db").exists()
 
@@ -191,3 +237,52 @@ def test_python_dash_m_db(db_path):
     proc = subprocess.run([sys.executable, "-m", "db", "runs", "--db", f"sqlite:///{db_path}"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "3 of 3 matching runs" in proc.stdout
+
+
+def test_every_command_reads_a_read_only_database_and_leaves_it_as_it_was(db_path, capsys):
+    before = snapshot(db_path)
+    with read_only(db_path):
+        url = f"sqlite:///{db_path}"
+        rc, out, err = run(capsys, "runs", "--db", url)
+        assert (rc, err) == (0, "") and out.splitlines()[-1] == "3 of 3 matching runs"
+        rc, out, err = run(capsys, "show", "1", "--db", url)
+        assert (rc, err) == (0, "") and "versions\n" in out
+        rc, out, err = run(capsys, "export", "final", "--db", url)
+        assert (rc, err) == (0, "") and len(out.splitlines()) == 1 + 5
+        rc, out, err = run(capsys, "query", "DELETE FROM runs", "--db", url)
+        assert rc == 1 and "read-only" in err
+        assert snapshot(db_path) == before
+    assert snapshot(db_path) == before
+    assert _sql(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_show_lists_the_library_versions(db_path, capsys):
+    rc, out, _ = run(capsys, "show", "1", "--db", f"sqlite:///{db_path}")
+    [(stored,)] = _sql(db_path, "SELECT versions FROM runs WHERE id = 1")
+    block = out[out.index("versions\n"):out.index("config\n")].splitlines()[1:]
+    assert rc == 0 and [line.split() for line in block] == [[k, v] for k, v in json.loads(stored).items()]
+    assert "torch" in json.loads(stored)
+
+
+def test_a_missing_or_foreign_file_is_one_line_and_unchanged(tmp_path, capsys):
+    missing = tmp_path / "nothing" / "here.db"
+    rc, _, err = run(capsys, "runs", "--db", f"sqlite:///{missing}")
+    assert rc == 1 and err == (f"error: no results database at {str(missing)!r} (train with "
+                               "`python -m bench.run`, or pass --db URL)\n")
+    assert not missing.parent.exists()
+    text = tmp_path / "notes.db"
+    text.write_text("not a database, but long enough to hold an SQLite header: " * 4)
+    before = snapshot(text)
+    rc, _, err = run(capsys, "runs", "--db", f"sqlite:///{text}")
+    assert rc == 1 and err == (f"error: cannot open results database 'sqlite:///{text}': "
+                               "file is not a database\n")
+    assert snapshot(text) == before
+
+
+def test_one_line_shows_the_drivers_message_on_one_line():
+    driver = sqlite3.OperationalError("no such\n   table: runs")
+    wrapped = sqlalchemy.exc.OperationalError("SELECT * FROM runs", {}, driver)
+    assert one_line(wrapped, with_type=False) == "no such table: runs"
+    assert one_line(wrapped) == "OperationalError: no such table: runs"
+    assert one_line(ValueError("a\tb\n c")) == "ValueError: a b c"
+    assert one_line(KeyError(), with_type=False) == "KeyError"

@@ -1,9 +1,11 @@
 """`python -m analysis.report` end to end on small databases built with ResultsDB."""
 
 import base64
+import contextlib
 import io
 import math
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -15,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_db_cli import read_only, snapshot
 
 from analysis import browser_check, panels, plots, report
+from analysis.distance import distance_ratio
 from analysis.tables import BATCHSTATS_RULE
 from db import ResultsDB
 
@@ -289,3 +293,119 @@ def test_browser_check_fails_loudly_without_chromium(small_report, tmp_path):
                            "--chromium", str(tmp_path / "no-chromium")], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 1 and "not found" in proc.stderr and "apt-get install" in proc.stderr
+
+
+# Final test MSE of autoencoder runs by (norm, seed): the report and distance_ratio read them back.
+AE_MSE = {("bn", 0): 0.0075, ("bn", 1): 0.007586, ("none", 0): 0.0059, ("none", 1): 0.005996}
+
+
+def _autoencoder_db(path: Path) -> float:
+    """bn and none, two seeds each, written by ResultsDB; returns their distance ratio, by hand."""
+    with ResultsDB(f"sqlite:///{path}") as db:
+        for (norm, seed), mse in AE_MSE.items():
+            curve = [{("test", "mse"): mse + 0.001}, {("test", "mse"): mse}]
+            _run(db, "autoencode", "ae", norm, 8, seed, curve)
+
+    def mean(norm):
+        return statistics.mean(v for (n, _), v in AE_MSE.items() if n == norm)
+
+    return math.sqrt(mean("bn")) / math.sqrt(mean("none"))
+
+
+def _sql(path: Path, query: str) -> list:
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # closed: it would keep -wal and -shm
+        return conn.execute(query).fetchall()
+
+
+def _mse_ratio(out: Path) -> float:
+    comp = pd.read_csv(out / "tables" / "comparisons.csv")
+    [ratio] = comp.loc[comp["name"] == "mse", "ratio"]
+    return ratio
+
+
+def test_report_and_distance_ratio_read_a_read_only_database(tmp_path):
+    path = tmp_path / "archive" / "bench.db"
+    path.parent.mkdir()
+    want = _autoencoder_db(path)
+    before = snapshot(path)
+    with read_only(path):
+        proc = subprocess.run([sys.executable, "-m", "analysis.report", "--db", f"sqlite:///{path}",
+                               "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert distance_ratio(f"sqlite:///{path}", "bn", "none") == pytest.approx(want, rel=1e-12)
+        assert snapshot(path) == before
+    assert snapshot(path) == before
+    assert _sql(path, "PRAGMA journal_mode") == [("wal",)]
+    assert _mse_ratio(tmp_path / "out") == pytest.approx(want, rel=1e-12)
+
+
+def _older_release(path: Path) -> None:
+    # A file as a release before the views, the index and the added columns wrote it.
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for sql in ("DROP VIEW run_summary", "DROP VIEW run_final", "DROP INDEX ix_metrics_split_name",
+                    "ALTER TABLE runs DROP COLUMN threads", "ALTER TABLE runs DROP COLUMN versions"):
+            conn.execute(sql)
+
+
+def _rollback_journal(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchall() == [("delete",)]
+
+
+@pytest.mark.parametrize("state", ["closed", "a writer has it open", "rollback journal", "older release"])
+def test_reading_a_writable_database_changes_nothing_in_or_beside_it(tmp_path, state):
+    path = tmp_path / "db" / "bench.db"
+    path.parent.mkdir()
+    want = _autoencoder_db(path)
+    writer = None
+    if state == "a writer has it open":  # its pooled connection keeps the -wal and -shm
+        writer = ResultsDB(f"sqlite:///{path}")
+        run_id = writer.start_run(task="classify", dataset="digits", model="convnet", norm="bn", bs=8,
+                                  lr=1e-3, seed=0, epochs=1, config={}, config_hash="w")
+        assert (path.parent / "bench.db-wal").exists()
+    elif state == "rollback journal":
+        _rollback_journal(path)
+    elif state == "older release":
+        _older_release(path)
+    schema = _sql(path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    before = snapshot(path)
+    url = f"sqlite:///{path}"
+    assert report.main(["--db", url, "--out", str(tmp_path / "out")]) == 0
+    assert distance_ratio(url, "bn", "none") == pytest.approx(want, rel=1e-12)
+    assert snapshot(path) == before
+    assert _mse_ratio(tmp_path / "out") == pytest.approx(want, rel=1e-12)
+    if writer is not None:  # the readers left no lock behind
+        writer.log_epoch(run_id, 1, {("test", "acc"): 0.5})
+        writer.finish(run_id, "completed")
+        writer.close()
+    assert _sql(path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
+
+
+def test_a_missing_database_or_one_without_runs_is_one_line_and_left_as_it_was(tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "nothing" / "here.db"
+    assert report.main(["--db", f"sqlite:///{missing}", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: no results database at {str(missing)!r} (train with "
+                                       "`python -m bench.run`, or pass --db URL)\n")
+    assert not missing.parent.exists()
+    empty, other = tmp_path / "empty.db", tmp_path / "other.db"
+    empty.write_bytes(b"")  # what `touch` or an interrupted copy leaves
+    with contextlib.closing(sqlite3.connect(other)) as conn:  # an SQLite file of something else
+        conn.execute("CREATE TABLE notes (text)")
+    for path in (empty, other):
+        before = snapshot(path)
+        assert report.main(["--db", f"sqlite:///{path}", "--out", str(out)]) == 1
+        assert capsys.readouterr().err == (f"error: no runs in the database sqlite:///{path} "
+                                           "(train some with `python -m bench.run`)\n")
+        with pytest.raises(ValueError, match="no completed autoencode run with norm 'bn'"):
+            distance_ratio(f"sqlite:///{path}", "bn", "none")
+        assert snapshot(path) == before
+    assert _sql(other, "SELECT name FROM sqlite_master") == [("notes",)]
+    assert empty.read_bytes() == b"" and not out.exists()
+    with contextlib.closing(sqlite3.connect(other)) as conn:  # a `runs` table that is not ours
+        conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY)")
+    assert report.main(["--db", f"sqlite:///{other}", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read the results database: no such column: r.")
+    assert err.count("\n") == 1

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.errors import UserError, one_line
 
 # torchvision's urlopen calls pass no timeout; without one a silently dropping firewall hangs
 # the run for minutes. 5 s is ample for a connection and for each read of a working download.
@@ -30,7 +30,7 @@ def socket_timeout(seconds: float = TIMEOUT_S) -> Iterator[None]:
 
 def short_reason(error: BaseException) -> str:
     """'URLError: <urlopen error ...>' on one line, at most ~120 characters."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+    text = one_line(error)
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -1,0 +1,21 @@
+"""The identity of a config: `config_hash`, and the bookkeeping keys it leaves out.
+
+Torch-free on purpose: the analysis (analysis/cells.py) reads `BOOKKEEPING_KEYS` too, and must
+not pay torch's import (~3.6 s) for a tuple of names.
+"""
+
+import hashlib
+import json
+
+# Keys that do not change what a run computes: left out of the config hash, so a sweep rerun on
+# another machine, with another thread count or database, still finds its completed runs.
+# Changing this tuple changes the hash of every config, and existing databases would no longer
+# resume their completed runs.
+BOOKKEEPING_KEYS = ("db", "resume", "progress", "device", "threads", "data_root", "channels_last")
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the config that decides the result (bookkeeping keys removed), canonical JSON."""
+    kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
