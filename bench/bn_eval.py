@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from bench.precise_bn import stat_layers, update_bn_stats
@@ -57,31 +56,33 @@ def untouched(*modules: nn.Module, train: bool | None = None) -> Iterator[None]:
 
 
 @torch.no_grad()
-def evaluate_three_ways(cfg: DictConfig, model, evaluate, train, test) -> dict[str, dict]:
-    """{split: evaluate(model, batches)} for `test`, and for a model with statistics layers (and
-    `bn_eval.modes`) also `test_precise` and `test_batchstats`.
+def score_bn_modes(model: nn.Module, score, train, test, *, bs: int, precise_samples: int,
+                   precise_composition: str, seed: int, modes: bool = True) -> dict[str, dict]:
+    """{split: score(model, batches)} for `test`, and for a model with statistics layers (and
+    `modes`) also `test_precise` and `test_batchstats`.
 
-    evaluate(model, batches) -> {metric name: value} runs the model in whatever mode it is in and
+    score(model, batches) -> {metric name: value} runs the model in whatever mode it is in and
     scores `model(x)[:len(y)]` of each batch (x, y) (see `DeviceBatches`' `fill_last`).
     train, test: the run's `DeviceBatches`; the extra passes use their own copies (with their own
-    generator), so the training data order does not depend on whether these are recorded.
+    generator, seeded `seed + 1`), so the training data order does not depend on whether these
+    are recorded. bs: the training batch size (of the batch-statistics split); precise_samples,
+    precise_composition: PreciseBN's training samples and their batch composition.
     """
     model.eval()
-    out = {"test": evaluate(model, test)}
+    out = {"test": score(model, test)}
     layers = stat_layers(model)
-    if not layers or not cfg.bn_eval.modes:
+    if not layers or not modes:
         return out
-    gen = torch.Generator(device=train.images.device).manual_seed(cfg.seed + 1)
+    gen = torch.Generator(device=train.images.device).manual_seed(seed + 1)
     with untouched(model):  # the EMA buffers are put back after each pass
-        precise_batches = train.replace(generator=gen, composition=cfg.batch_composition.precise)
-        update_bn_stats(model, precise_batches, cfg.bn_eval.precise_samples)
+        precise_batches = train.replace(generator=gen, composition=precise_composition)
+        update_bn_stats(model, precise_batches, precise_samples)
         model.eval()
-        out["test_precise"] = evaluate(model, test)
+        out["test_precise"] = score(model, test)
     with untouched(model):
         for m in layers:
             m.train()
         n = len(test.labels)
-        out["test_batchstats"] = evaluate(model, test.replace(
-            batch_size=min(cfg.bs, n), order=batchstats_order(n, test.images.device),
-            fill_last=True))
+        out["test_batchstats"] = score(model, test.replace(
+            batch_size=min(bs, n), order=batchstats_order(n, test.images.device), fill_last=True))
     return out

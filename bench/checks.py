@@ -7,7 +7,7 @@ e.g. `optim.momentum=-1 is not allowed (allowed: 0 <= x < 1)`, `bs=0 is not a po
 values are exactly those, "is not an integer / a number / a finite number" for a value of the wrong
 kind, and "is not allowed" otherwise. Each check returns the value, so it can be used inline.
 
-No torch and no Hydra here (OmegaConf only to print its lists): `bench.validate` checks the
+No torch and no Hydra here (OmegaConf only to print its lists): `runners.validate` checks the
 config's plain values with these before it imports torch, and the building blocks (optimizers,
 norms, lr schedules) check their own settings with them, so they fail the same way when used
 without a config.
@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from omegaconf import OmegaConf
 
-from bench.errors import UserError
+from bench.errors import UserError, choices
 
 
 def show(value) -> str:
@@ -40,15 +40,21 @@ def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def require_int(key: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    """An integer (not a bool) with lo <= value <= hi (None: no bound)."""
+def require_int(key: str, value, lo: int | None = None, hi: int | None = None, *,
+                or_words: Sequence[str] = ()) -> int | str:
+    """An integer (not a bool) with lo <= value <= hi (None: no bound), or one of `or_words`
+    (e.g. 'auto')."""
+    if value in or_words and isinstance(value, str):
+        return value
     if lo is not None and hi is not None:
         allowed = f"an integer {lo}..{hi}"
     elif lo is not None or hi is not None:
         allowed = f"an integer {'>=' if lo is not None else '<='} {lo if lo is not None else hi}"
     else:
         allowed = "an integer"
-    positive = lo == 1 and hi is None
+    if or_words:
+        allowed = f"{', '.join(or_words)}, or {allowed}"
+    positive = lo == 1 and hi is None and not or_words
     if not _is_int(value):
         fail(key, value, "is not a positive integer" if positive else "is not an integer", allowed)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -116,3 +122,20 @@ def require_numbers(key: str, values, lengths: Sequence[int], note: str = "", **
     for i, v in enumerate(values):
         require_number(f"{key}[{i}]", v, **bounds)
     return values
+
+
+def require_name(kind: str, value, allowed) -> str:
+    """A registry's short name (`norm`, `optim`, `task.gen_norm`, ...): `unknown {kind} '{value}'
+    (allowed: ...)`, the one wording for a name that is not one of the choices."""
+    if value not in allowed:
+        raise UserError(f"unknown {kind} '{value}' (allowed: {choices(allowed)})")
+    return value
+
+
+def require_known_settings(group: str, name: str, given, allowed) -> None:
+    """Every key of `given` (a component's settings) is one that `name` of `group` takes:
+    `unknown setting norm.grups for norm 'gn' (allowed: affine, eps, groups)`."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise UserError(f"unknown setting {group}.{unknown[0]} for {group} '{name}' "
+                        f"(allowed: {choices(allowed) or 'none'})")

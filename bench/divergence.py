@@ -1,7 +1,7 @@
 """When a run counts as diverged: plain rules over an epoch's training losses, no config.
 
 `bench.run` builds one `DivergenceRule` per run from `diverge.factor` and `diverge.max_loss`
-(checked by `bench.validate`) and ends the run as 'diverged' when it names a reason.
+(checked by `runners.validate`) and ends the run as 'diverged' when it names a reason.
 """
 
 import math

@@ -28,7 +28,8 @@ from functools import partial
 
 from torch import nn
 
-from bench.errors import UserError, choices
+from bench.checks import require_known_settings, require_name
+from bench.errors import UserError
 from bench.norm_zoo import check_eps, check_flag, check_groups, check_momentum
 from bench.norm_zoo.batch_variants import (
     Affine2d,
@@ -121,8 +122,8 @@ BATCH_DEPENDENT = frozenset({"bn", "running_bn", "brn", "ghost_bn", "bcn", "bn_n
 WEIGHT_STANDARDIZED = frozenset({"ws_gn"})
 
 
-def settings_of(name: str) -> list[str]:
-    """The settings norm `name` takes, in signature order."""
+def norm_options(name: str) -> list[str]:
+    """The options (keyword arguments) norm `name` takes, in signature order."""
     return list(inspect.signature(NORMS[name]).parameters)[1:]
 
 
@@ -132,14 +133,8 @@ def make_norm(name: str, **params) -> NormLayer:
     Unknown names and unknown settings are errors that list what is allowed. For the norms in
     `WEIGHT_STANDARDIZED` the constructor carries `standardize_weights = True` for build_model.
     """
-    if name not in NORMS:
-        raise UserError(f"unknown norm '{name}' (allowed: {choices(NORMS)})")
-    allowed = settings_of(name)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise UserError(
-            f"unknown setting norm.{unknown[0]} for norm '{name}' (allowed: {choices(allowed) or 'none'})"
-        )
+    require_name("norm", name, NORMS)
+    require_known_settings("norm", name, params, norm_options(name))
     layer = partial(NORMS[name], **params)
     if name in WEIGHT_STANDARDIZED:
         layer.standardize_weights = True

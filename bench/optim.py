@@ -4,8 +4,14 @@ import inspect
 
 import torch
 
-from bench.checks import fail, require_bool, require_number, require_numbers
-from bench.errors import UserError, choices
+from bench.checks import (
+    fail,
+    require_bool,
+    require_known_settings,
+    require_name,
+    require_number,
+    require_numbers,
+)
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -37,13 +43,9 @@ SETTING_CHECKS = {
 def check_optimizer(name: str, **settings) -> None:
     """The one-line error for an unknown optimizer or setting, or a value out of range; no
     parameters needed."""
-    if name not in OPTIMIZERS:
-        raise UserError(f"unknown optim '{name}' (allowed: {choices(OPTIMIZERS)})")
-    allowed = [p for p in inspect.signature(OPTIMIZERS[name]).parameters if p not in ("params", "lr")]
-    unknown = sorted(set(settings) - set(allowed))
-    if unknown:
-        raise UserError(f"unknown setting optim.{unknown[0]} for optim '{name}' "
-                        f"(allowed: {choices(allowed)})")
+    require_name("optim", name, OPTIMIZERS)
+    require_known_settings("optim", name, settings, [
+        p for p in inspect.signature(OPTIMIZERS[name]).parameters if p not in ("params", "lr")])
     for key, value in settings.items():
         if key in SETTING_CHECKS:
             SETTING_CHECKS[key](value)

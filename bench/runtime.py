@@ -1,22 +1,17 @@
-"""Per-job process state: device, threads, seeds, and the identity of a config.
+"""Per-job process state: device, threads and seeds (a config's identity: bench/config_hash.py).
 
 Hydra's joblib launcher reuses worker processes between jobs (loky), so everything global is set
 again at the start of every job, never inherited from the previous one.
 """
 
-import hashlib
-import json
 import os
 import random
 
 import numpy as np
 import torch
 
+from bench.checks import require_int
 from bench.errors import UserError
-
-# Keys that do not change what a run computes: left out of the config hash, so a sweep rerun on
-# another machine, with another thread count or database, still finds its completed runs.
-BOOKKEEPING_KEYS = ("db", "resume", "progress", "device", "threads", "data_root", "channels_last")
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,10 +34,8 @@ def pick_device(name: str) -> torch.device:
 
 def set_threads(threads, parallel_jobs: int = 1) -> int:
     """Set torch's CPU threads: 'auto' shares the cores among the jobs running at once."""
-    if threads == "auto":
+    if require_int("threads", threads, lo=1, or_words=("auto",)) == "auto":
         threads = max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise UserError(f"threads={threads!r} is not a positive integer or 'auto'")
     torch.set_num_threads(threads)
     return threads
 
@@ -51,10 +44,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of the config that decides the result (bookkeeping keys removed), canonical JSON."""
-    kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
-    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()

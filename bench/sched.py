@@ -9,8 +9,7 @@ import math
 
 import torch
 
-from bench.checks import fail, require_bool, require_int, require_number
-from bench.errors import UserError, choices
+from bench.checks import fail, require_bool, require_int, require_known_settings, require_name, require_number
 
 SCHEDULES = {
     "constant": (),
@@ -36,12 +35,8 @@ def cyclic_factor(step: int, total_steps: int, cycles: int, warmup: float, start
 
 
 def check_scheduler(name: str, **settings) -> None:
-    if name not in SCHEDULES:
-        raise UserError(f"unknown sched '{name}' (allowed: {choices(SCHEDULES)})")
-    unknown = sorted(set(settings) - set(SCHEDULES[name]))
-    if unknown:
-        raise UserError(f"unknown setting sched.{unknown[0]} for sched '{name}' "
-                        f"(allowed: {choices(SCHEDULES[name]) or 'none'})")
+    require_name("sched", name, SCHEDULES)
+    require_known_settings("sched", name, settings, SCHEDULES[name])
 
     # Shares of a cycle, strictly inside it: 0 or 1 leaves the rise or the fall no steps
     # (cyclic_factor divides by warmup and by 1 - warmup).

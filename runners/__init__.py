@@ -1,23 +1,26 @@
-"""Tasks by short name. Each runner module has the same two functions:
+"""Tasks by short name. Each runner module has the same three functions:
 
 - `check(cfg)`: raise `UserError` for a config the task cannot run (called on the meta device,
   before any work, for every job of a sweep);
+- `prepare(cfg, data, device)`: what must exist before the run's row is written (the GAN
+  metrics' classifier is trained or found there; the other tasks need nothing); a `UserError`
+  from it writes no run. A sweep calls it once per task and dataset before its first job;
 - `run(cfg, data, device, log_epoch)`: train and evaluate, calling `log_epoch(epoch, metrics)`
   once per epoch with `{(split, name): value}` (and `artifacts={kind: path}` for files the run
-  wrote, e.g. the GAN's sample grid). The caller owns the database row and the run's status;
-  `log_epoch` raises `Diverged` when a loss (a metric whose name ends in "loss") stops being
-  finite.
+  wrote, e.g. the GAN's sample grid). The caller (`runners.job`) owns the database row and the
+  run's status; `log_epoch` raises `Diverged` when a training loss breaks a divergence rule.
 
-and may have a third:
-
-- `prepare(cfg, data, device)`: work that must succeed before the run's row is written (the GAN
-  metrics' classifier is trained or found there); a `UserError` from it writes no run.
+`RUNNERS` maps each name of `TASKS` to its module. It is made on first use: the runners import
+torch (~3 s), and a config error found before that (`runners.validate`) is reported in well
+under a second.
 """
 
-from runners import autoencode, classify, gan
+import importlib
 
-RUNNERS = {
-    "classify": classify,
-    "autoencode": autoencode,
-    "gan": gan,
-}
+TASKS = ("classify", "autoencode", "gan")  # module names under runners/ (conf/task/*.yaml)
+
+
+def __getattr__(name: str):
+    if name == "RUNNERS":
+        return {task: importlib.import_module(f"runners.{task}") for task in TASKS}
+    raise AttributeError(f"module 'runners' has no attribute {name!r}")

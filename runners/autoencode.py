@@ -8,7 +8,7 @@ and shifts, as in the post). Per epoch:
   mode (BN uses batch statistics), as the post's "train_loss";
 - test/loss = test/mse: the same in eval mode, averaged over every test image (the post averages
   test batch means; the same number when the batches are equal). The post's "test L2 loss";
-- train/lr, train/time_s, train/images_per_s, test/time_s (`bench.train.fit`).
+- train/lr, train/time_s, train/images_per_s, test/time_s (`runners.single_model.run`).
 
 `loss` and `mse` hold the same number: `loss` is every task's training objective (and what the
 divergence check watches), `mse` names what it is. The post's distance ratio between two norms
@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from bench.errors import UserError
-from bench.train import check_model, data_shape, fit, training_setup
+from runners import single_model
+from runners.config import check_model, data_shape
 
 
 def check(cfg: DictConfig) -> None:
@@ -31,8 +32,23 @@ def check(cfg: DictConfig) -> None:
                         f"images: not an autoencoder")
 
 
+def prepare(cfg: DictConfig, data, device: torch.device) -> None:
+    """Nothing to make before the run's row is written."""
+
+
+def loss(out: torch.Tensor, x: torch.Tensor, _y: torch.Tensor):
+    """MSE of the reconstruction `out` against the input x; stats: mse summed over images."""
+    mse = F.mse_loss(out.float(), x)
+    return mse, mse.detach() * len(x)
+
+
+def train_metrics(total: torch.Tensor, n: int) -> dict[str, float]:
+    mse = total.item() / n
+    return {"loss": mse, "mse": mse}
+
+
 @torch.no_grad()
-def evaluate(model, batches, amp) -> dict[str, float]:
+def reconstruction_error(model, batches, amp) -> dict[str, float]:
     """Mean squared error per pixel over every image `batches` yields, with the model in the
     mode the caller set (`loss` and `mse` are the same number)."""
     total = torch.zeros((), device=batches.images.device)
@@ -47,18 +63,9 @@ def evaluate(model, batches, amp) -> dict[str, float]:
     return {"loss": mse, "mse": mse}
 
 
+OBJECTIVE = single_model.Objective(loss=loss, train_metrics=train_metrics,
+                                   score=reconstruction_error, signed=True)
+
+
 def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
-    model, optim, train, test, amp = training_setup(cfg, data, device, signed=True)
-
-    def forward(x, _labels):
-        with amp:
-            out = model(x)
-        loss = F.mse_loss(out.float(), x)
-        return loss, loss.detach() * len(x)  # summed over micro-batches and steps: mse * images
-
-    def train_metrics(total, n):
-        mse = total.item() / n
-        return {"loss": mse, "mse": mse}
-
-    fit(cfg, model, optim, train, test, forward, train_metrics,
-        lambda m, b: evaluate(m, b, amp), log_epoch)
+    single_model.run(cfg, data, device, log_epoch, OBJECTIVE)

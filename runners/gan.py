@@ -38,62 +38,54 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchvision.utils import save_image
 
-from bench.errors import UserError, choices
-from bench.metrics.feature_classifier import check as check_features
-from bench.metrics.feature_classifier import feature_classifier
+from bench.checks import require_int, require_name, require_number, require_numbers
+from bench.errors import UserError
 from bench.models import build_model
 from bench.norms import NORMS, make_norm
-from bench.optim import build_optimizer
-from bench.train import (
-    autocast,
-    batches,
+from bench.train import autocast, meta_safe, progress
+from runners.config import (
+    batches_from_config,
+    channels_last,
     check_forward,
     data_shape,
-    meta_safe,
-    progress,
-    settings,
-    use_channels_last,
+    group_kwargs,
+    optimizer_from_config,
 )
-from runners.gan_eval import bn_splits, evaluate, uniformity
+from runners.gan_eval import bn_splits, fakes_and_d_accuracy, uniformity
+from runners.gan_features import check as check_features
+from runners.gan_features import feature_classifier
 
 D_BATCHES = ("separate", "mixed")
 
 
 def gan_from_config(cfg: DictConfig, channels: int, size: int):
     return build_model(cfg.model.name, in_channels=channels, num_classes=0, image_size=size,
-                       norm_layer=make_norm(cfg.norm.name, **settings(cfg.norm)),
-                       gen_norm_layer=make_norm(cfg.task.gen_norm), **settings(cfg.model))
+                       norm_layer=make_norm(cfg.norm.name, **group_kwargs(cfg.norm)),
+                       gen_norm_layer=make_norm(cfg.task.gen_norm), **group_kwargs(cfg.model))
 
 
 def optimizers(cfg: DictConfig, gan):
     """(D's optimizer, G's optimizer): `optim` with `task.betas` and `task.g_lr` applied."""
-    s = settings(cfg.optim)
+    changes = {}
     if cfg.task.betas is not None:
-        if "betas" not in s:
+        if "betas" not in cfg.optim:
             raise UserError(f"task.betas is set but optim '{cfg.optim.name}' has no betas "
                             f"(set task.betas=null, or optim=adam or radam)")
-        s["betas"] = list(cfg.task.betas)
+        changes["betas"] = list(cfg.task.betas)
     g_lr = cfg.lr if cfg.task.g_lr is None else cfg.task.g_lr
-    return (build_optimizer(cfg.optim.name, gan.discriminator.parameters(), cfg.lr, **dict(s)),
-            build_optimizer(cfg.optim.name, gan.generator.parameters(), g_lr, **dict(s)))
+    return (optimizer_from_config(cfg, gan.discriminator.parameters(), **changes),
+            optimizer_from_config(cfg, gan.generator.parameters(), g_lr, **changes))
 
 
 def _check_task(t: DictConfig) -> None:
-    if t.gen_norm not in NORMS:
-        raise UserError(f"unknown task.gen_norm '{t.gen_norm}' (allowed: {choices(NORMS)})")
-    if t.d_batches not in D_BATCHES:
-        raise UserError(f"unknown task.d_batches '{t.d_batches}' (allowed: {choices(D_BATCHES)})")
+    require_name("task.gen_norm", t.gen_norm, NORMS)
+    require_name("task.d_batches", t.d_batches, D_BATCHES)
     for key, least in (("eval_samples", 2), ("uniformity_batches", 2), ("kid_subsets", 1),
                        ("kid_subset_size", 2), ("grid", 1)):
-        v = t[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            raise UserError(f"task.{key}={v!r} is not an integer >= {least}")
-    if t.g_lr is not None and (isinstance(t.g_lr, bool) or not isinstance(t.g_lr, (int, float))
-                               or not t.g_lr > 0):
-        raise UserError(f"task.g_lr={t.g_lr!r} is not a positive number (or null: lr)")
-    if t.betas is not None and (len(t.betas) != 2 or not all(
-            isinstance(b, (int, float)) and 0 <= b < 1 for b in t.betas)):
-        raise UserError(f"task.betas={list(t.betas)!r} is not two numbers in [0, 1) (or null)")
+        require_int(f"task.{key}", t[key], lo=least)
+    require_number("task.g_lr", t.g_lr, gt=0, null="lr (the discriminator's)")
+    if t.betas is not None:  # Adam's beta1, beta2 in [0, 1), as bench.optim checks optim.betas
+        require_numbers("task.betas", t.betas, (2,), ge=0, lt=1)
 
 
 def check(cfg: DictConfig) -> None:
@@ -119,7 +111,8 @@ def check(cfg: DictConfig) -> None:
 
 
 def prepare(cfg: DictConfig, data, device: torch.device) -> None:
-    """Train (or find) the metrics' classifier before the run's row is written."""
+    """Train (or find) the metrics' classifier before the run's row is written (once per sweep:
+    each job then finds it cached)."""
     feature_classifier(cfg, data, device)
 
 
@@ -146,7 +139,7 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
 
     t = cfg.task
     gan = gan_from_config(cfg, data.channels, data.image_size).to(device)
-    if use_channels_last(cfg):
+    if channels_last(cfg):
         gan = gan.to(memory_format=torch.channels_last)
     G, D, mixed = gan.generator, gan.discriminator, t.d_batches == "mixed"
     opt_d, opt_g = optimizers(cfg, gan)
@@ -154,11 +147,11 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
     # Everything the metrics draw comes from a stream of their own: the training's numbers do
     # not depend on the metric settings.
     ev = torch.Generator(device=device).manual_seed(cfg.seed + 2**32)
-    train, test = batches(cfg, data, device, gen, signed=True)
-    amp = autocast(cfg, device)
+    train, test = batches_from_config(cfg, data, device, gen, signed=True)
+    amp = autocast(device, cfg.amp)
     classifier, classifier_acc = feature_classifier(cfg, data, device)
     n_real = min(t.eval_samples, len(data.test_y))
-    real = torch.addcmul(test.bias, data.test_x[:n_real].to(device).float(), test.scale)
+    real = test.normalize(test.images[:n_real])
     scorer = ClassifierScores(classifier, real, n_fake=t.eval_samples, kid_subsets=t.kid_subsets,
                               kid_subset_size=t.kid_subset_size, batch_size=cfg.eval_bs)
     z_eval = G.noise(t.eval_samples, ev, device)
@@ -169,7 +162,7 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
         D.train()
         sums = torch.zeros(4, device=device)  # d_loss, g_loss, d_acc_real, d_acc_fake
         t0 = time.perf_counter()
-        for x, _ in progress(train, cfg, f"epoch {epoch}/{cfg.epochs}"):
+        for x, _ in progress(train, cfg.progress, f"epoch {epoch}/{cfg.epochs}"):
             with amp:
                 fake = G(G.noise(len(x), gen, device))
                 real_logit, fake_logit = d_logits(D, x, fake.detach(), mixed)
@@ -199,10 +192,13 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
             log_epoch(epoch, metrics)  # raises Diverged: no metrics of a broken model
         metrics.update({("train", k): v for k, v in uniformity(
             G, D, train, t.uniformity_batches, ev, amp).items()})
-        fakes, found = evaluate(G, D, z_eval, real, cfg.eval_bs, amp)
+        fakes, found = fakes_and_d_accuracy(G, D, z_eval, real, cfg.eval_bs, amp)
         metrics.update({("test", k): v for k, v in found.items()})
         metrics.update({("test", k): v for k, v in scorer.scores(fakes, seed=cfg.seed + epoch).items()})
-        for split, (split_fakes, split_found) in bn_splits(cfg, G, D, z_eval, real, train, amp).items():
+        splits = bn_splits(G, D, z_eval, real, train, amp, bs=cfg.bs, eval_bs=cfg.eval_bs,
+                           precise_samples=cfg.bn_eval.precise_samples, seed=cfg.seed,
+                           mixed=mixed, modes=cfg.bn_eval.modes)
+        for split, (split_fakes, split_found) in splits.items():
             metrics.update({(split, k): v for k, v in split_found.items()})
             metrics.update({(split, k): v for k, v in
                             scorer.scores(split_fakes, seed=cfg.seed + epoch).items()})

@@ -3,7 +3,6 @@
 import math
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from bench.bn_eval import batchstats_order, untouched
@@ -26,13 +25,11 @@ def uniformity(G, D, train, batches: int, generator: torch.Generator, amp) -> di
     train: the training `DeviceBatches` (uint8 images on the device, its normalisation).
     Returns {'d_uniformity' (both kinds pooled), 'd_uniformity_real', 'd_uniformity_fake'}.
     """
-    images, bs = train.images, train.batch_size
-    device = images.device
+    bs, device = train.batch_size, train.images.device
     real, fake = [], []
     with train_mode_untouched(G, D):
         for _ in range(batches):
-            idx = torch.randperm(len(images), device=device, generator=generator)[:bs]
-            x = torch.addcmul(train.bias, images[idx].float(), train.scale)
+            x = train.sample(bs, generator)
             z = G.noise(bs, generator, device)
             with amp:
                 real.append(D(x).float())
@@ -60,8 +57,8 @@ def _run(net, x: torch.Tensor, batch_size: int, batch_stats: bool, order=None) -
 
 
 @torch.no_grad()
-def evaluate(G, D, z: torch.Tensor, real: torch.Tensor, batch_size: int, amp,
-             batch_stats: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def fakes_and_d_accuracy(G, D, z: torch.Tensor, real: torch.Tensor, batch_size: int, amp,
+                         batch_stats: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """(fakes G makes from `z`, float32; D's accuracy on `real` and on those fakes as
     {'d_acc_real', 'd_acc_fake'}), both in eval mode, or with `batch_stats` in the mode the
     caller set (train mode: each batch normalised by its own statistics; the real images in the
@@ -96,20 +93,22 @@ def precise_bn(G, D, train, samples: int, generator: torch.Generator, mixed: boo
 
 
 @torch.no_grad()
-def bn_splits(cfg: DictConfig, G, D, z: torch.Tensor, real: torch.Tensor, train,
-              amp) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+def bn_splits(G, D, z: torch.Tensor, real: torch.Tensor, train, amp, *, bs: int, eval_bs: int,
+              precise_samples: int, seed: int, mixed: bool,
+              modes: bool = True) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
     """The two extra evaluations of `bench.bn_eval` for a GAN with statistics layers in G or D
-    (and `bn_eval.modes`): {'test_precise': evaluate(...) with PreciseBN statistics in both
-    networks, 'test_batchstats': evaluate(...) in train mode, batches of the training size}.
-    G and D are left exactly as they were (buffers, modes); the noise and the real images drawn
-    come from a generator of their own, so training does not depend on these probes."""
-    if not cfg.bn_eval.modes or not (stat_layers(G) or stat_layers(D)):
+    (and `modes`): {'test_precise': fakes_and_d_accuracy(...) with PreciseBN statistics over
+    `precise_samples` in both networks, 'test_batchstats': the same in train mode, batches of the
+    training size `bs`}. G and D are left exactly as they were (buffers, modes); the noise and
+    the real images drawn come from a generator of their own (seeded `seed + 1`), so training
+    does not depend on these probes."""
+    if not modes or not (stat_layers(G) or stat_layers(D)):
         return {}
-    gen = torch.Generator(device=real.device).manual_seed(cfg.seed + 1)
+    gen = torch.Generator(device=real.device).manual_seed(seed + 1)
     out = {}
     with untouched(G, D):
-        precise_bn(G, D, train, cfg.bn_eval.precise_samples, gen, cfg.task.d_batches == "mixed", amp)
-        out["test_precise"] = evaluate(G, D, z, real, cfg.eval_bs, amp)
+        precise_bn(G, D, train, precise_samples, gen, mixed, amp)
+        out["test_precise"] = fakes_and_d_accuracy(G, D, z, real, eval_bs, amp)
     with untouched(G, D, train=True):
-        out["test_batchstats"] = evaluate(G, D, z, real, cfg.bs, amp, batch_stats=True)
+        out["test_batchstats"] = fakes_and_d_accuracy(G, D, z, real, bs, amp, batch_stats=True)
     return out

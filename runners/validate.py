@@ -2,8 +2,8 @@
 
 Two places: `check_overrides` reads the command line before Hydra composes anything (so an unknown
 group option gets our one-line message, not Hydra's multi-line one), and `check_config` checks a
-composed job config. The sweeper (`hydra_plugins.normbench_sweeper`) runs `check_config` on every
-job of a sweep before the first one starts, so a bad value in a sweep loses no work.
+composed job config. A sweep runs `check_config` on every job before the first one starts
+(`runners.job.prepare_sweep`), so a bad value in a sweep loses no work.
 """
 
 import numbers
@@ -11,7 +11,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.checks import fail, require_bool, require_choice, require_int, require_number, require_numbers
+from bench.checks import (
+    fail,
+    require_bool,
+    require_choice,
+    require_int,
+    require_name,
+    require_number,
+    require_numbers,
+)
 from bench.errors import UserError, choices
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -52,8 +60,8 @@ def _check_group_options(overrides) -> dict[str, list[str]]:
             values = [o.get_value_element_as_str()]
         allowed = group_options(group)
         for v in values:
-            if v not in allowed and not (group == "experiment" and v == "null"):
-                raise UserError(f"unknown {group} '{v}' (allowed: {choices(allowed)})")
+            if not (group == "experiment" and v == "null"):
+                require_name(group, v, allowed)
         chosen[group] = values
     return chosen
 
@@ -133,6 +141,7 @@ def _check_plain_values(cfg: DictConfig) -> None:
     for key in ("channels_last", "amp", "progress"):
         require_choice(key, cfg[key], ("auto", True, False))
     require_bool("resume", cfg.resume)
+    require_int("threads", cfg.threads, lo=1, or_words=("auto",))
     ds = cfg.dataset
     require_bool("dataset.download", ds.download)
     require_bool("dataset.augment.flip", ds.augment.flip)
@@ -187,14 +196,12 @@ def check_config(cfg: DictConfig) -> None:
 
     from bench.data import DATASETS, dataset_shape, dataset_train_size
     from bench.data.loader import COMPOSITIONS
-    from runners import RUNNERS
+    from runners import RUNNERS, TASKS
 
     for key in ("train", "precise"):
         require_choice(f"batch_composition.{key}", cfg.batch_composition[key], sorted(COMPOSITIONS))
-    for key, allowed in (("task.name", RUNNERS), ("dataset.name", DATASETS)):
-        v = OmegaConf.select(cfg, key)
-        if v not in allowed:
-            raise UserError(f"unknown {key.split('.')[0]} '{v}' (allowed: {choices(allowed)})")
+    require_name("task", cfg.task.name, TASKS)
+    require_name("dataset", cfg.dataset.name, DATASETS)
     from bench.models import MODEL_TASKS, models_for
 
     model, task = cfg.model.name, cfg.task.name

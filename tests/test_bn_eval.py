@@ -3,10 +3,9 @@
 import copy
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from bench.bn_eval import evaluate_three_ways
+from bench.bn_eval import score_bn_modes
 from bench.data.loader import DeviceBatches
 
 
@@ -25,9 +24,10 @@ def setup(norm=nn.BatchNorm2d, modes=True, samples=64):
                           drop_last=True, generator=torch.Generator().manual_seed(2), **kw)
     # Labels 0..19 name the test images, so a test can see which images a split scored.
     test = DeviceBatches(x_test, torch.arange(20), 7, **kw)
-    cfg = OmegaConf.create({"bs": 8, "seed": 0, "batch_composition": {"precise": "random"},
-                            "bn_eval": {"modes": modes, "precise_samples": samples}})
-    return cfg, model, train, test
+    # The run's settings: training batch size 8, seed 0, PreciseBN over `samples` random batches.
+    kw = {"bs": 8, "seed": 0, "precise_composition": "random", "modes": modes,
+          "precise_samples": samples}
+    return kw, model, train, test
 
 
 def outputs(model, batches):
@@ -44,10 +44,10 @@ def fixed_order(n):
 
 @torch.no_grad()
 def test_three_splits_match_pytorch_references():
-    cfg, model, train, test = setup()
+    kw, model, train, test = setup()
     before = [b.clone() for b in model[1].buffers()]
     order = train.generator.get_state()
-    got = evaluate_three_ways(cfg, model, outputs, train, test)
+    got = score_bn_modes(model, outputs, train, test, **kw)
     x_test = torch.cat([x for x, _ in test])
 
     ema = copy.deepcopy(model).eval()
@@ -80,8 +80,8 @@ def test_three_splits_match_pytorch_references():
 
 
 def test_stale_ema_is_what_precise_and_batch_statistics_repair():
-    cfg, model, train, test = setup()
-    got = evaluate_three_ways(cfg, model, outputs, train, test)
+    kw, model, train, test = setup()
+    got = score_bn_modes(model, outputs, train, test, **kw)
     # Put the batch-statistics outputs back in test-set order before comparing image by image.
     batchstats = got["test_batchstats"]["out"][torch.argsort(got["test_batchstats"]["scored"])]
     gap_ema = (got["test"]["out"] - batchstats).abs().mean()
@@ -90,17 +90,17 @@ def test_stale_ema_is_what_precise_and_batch_statistics_repair():
 
 
 def test_only_ema_split_without_statistics_layers_or_when_switched_off():
-    cfg, model, train, test = setup(norm=lambda c: nn.GroupNorm(2, c))
-    assert set(evaluate_three_ways(cfg, model, outputs, train, test)) == {"test"}
-    cfg, model, train, test = setup(modes=False)
-    assert set(evaluate_three_ways(cfg, model, outputs, train, test)) == {"test"}
+    kw, model, train, test = setup(norm=lambda c: nn.GroupNorm(2, c))
+    assert set(score_bn_modes(model, outputs, train, test, **kw)) == {"test"}
+    kw, model, train, test = setup(modes=False)
+    assert set(score_bn_modes(model, outputs, train, test, **kw)) == {"test"}
 
 
 @torch.no_grad()
 def test_batchstats_with_bs_above_the_test_set_is_one_batch_of_all_images():
-    cfg, model, train, test = setup()
-    cfg.bs = 64  # more than the 20 test images
-    got = evaluate_three_ways(cfg, model, outputs, train, test)
+    kw, model, train, test = setup()
+    kw["bs"] = 64  # more than the 20 test images
+    got = score_bn_modes(model, outputs, train, test, **kw)
     p = fixed_order(20)
     torch.testing.assert_close(got["test_batchstats"]["out"],
                                copy.deepcopy(model).train()(torch.cat([x for x, _ in test])[p]))

@@ -95,7 +95,7 @@ class DeviceBatches:
         shape = (1, c, 1, 1)
         mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).expand(c)
         std = torch.as_tensor(std, dtype=torch.float32, device=images.device).expand(c)
-        # x/255 - mean) / std == x * scale + bias: one fused multiply-add per batch.
+        # (x/255 - mean) / std == x * scale + bias: one fused multiply-add per batch (`normalize`).
         self.scale = (1.0 / (255.0 * std)).reshape(shape)
         self.bias = (-mean / std).reshape(shape)
 
@@ -142,13 +142,24 @@ class DeviceBatches:
                 x, y = self.images[idx], self.labels[idx]
             yield self._prepare(x), y
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, C, H, W) on the device -> float32 (x/255 - mean) / std, no
+        augmentation, in x's memory layout."""
+        return torch.addcmul(self.bias, x.float(), self.scale)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n distinct images drawn at random (one `randperm` from `generator`), normalised, not
+        augmented: (n, C, H, W) float32."""
+        idx = torch.randperm(len(self.images), device=self.images.device, generator=generator)[:n]
+        return self.normalize(self.images[idx])
+
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> augmented, normalised float32 in the configured memory layout."""
         if self.flip:
             x = random_flip(x, self.generator)
         if self.shift:
             x = random_shift(x, self.shift, self.generator)
-        x = torch.addcmul(self.bias, x.float(), self.scale)
+        x = self.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from bench.errors import UserError, choices
+from bench.checks import require_known_settings, require_name
 from bench.models.autoencoder import ConvAE
 from bench.models.cnn4 import CNN4
 from bench.models.convnet import ConvNet
@@ -53,17 +53,10 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
 
     `gen_norm_layer` is the generator's norm, for GAN models only (they take it as a keyword).
     """
-    if name not in MODELS:
-        raise UserError(f"unknown model '{name}' (allowed: {choices(MODELS)})")
-    builder = MODELS[name]
+    builder = MODELS[require_name("model", name, MODELS)]
     fixed = {"in_channels", "num_classes", "image_size", "norm_layer", "gen_norm_layer"}
-    allowed = [p for p in inspect.signature(builder).parameters if p not in fixed]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise UserError(
-            f"unknown setting model.{unknown[0]} for model '{name}' "
-            f"(allowed: {choices(allowed) or 'none'})"
-        )
+    require_known_settings("model", name, params,
+                           [p for p in inspect.signature(builder).parameters if p not in fixed])
     if gen_norm_layer is not None:
         params["gen_norm_layer"] = gen_norm_layer
     model = builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size,

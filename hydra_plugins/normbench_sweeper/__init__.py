@@ -1,15 +1,11 @@
-"""Hydra's basic sweeper, plus a check of every job before the first one starts, and a summary.
+"""Hydra's basic sweeper, plus the sweep's preparation before the first job starts, and a summary.
 
-It lives in `hydra_plugins` because Hydra only instantiates sweepers from that namespace. What it
-adds to `BasicSweeper`, in the step where Hydra already composes every job's config:
-- `bench.validate.check_config` on each job, so `bs=2,0` fails at once with one line instead of
-  after the first job's hours of training;
-- each distinct dataset is loaded once here, so its download and uint8 cache are made by one
-  process and the parallel jobs only read the cache; likewise a task's `prepare` step (the GAN
-  metrics' classifier is trained here once, not by each parallel job, and if it cannot be
-  trained the sweep stops before any job);
-- the results database is opened once (schema created, one clear error for a bad URL), and runs
-  that a killed process left 'running' on this host are marked failed.
+It lives in `hydra_plugins` because Hydra only instantiates sweepers from that namespace: this is
+Hydra glue, and the work is `runners.job.prepare_sweep`'s. In the step where Hydra already
+composes every job's config, it hands them all to `prepare_sweep` (every job checked, so `bs=2,0`
+fails at once with one line instead of after the first job's hours of training; each dataset
+loaded and each task's `prepare` done once, by this process, before the parallel jobs; each
+database opened and its stale runs marked).
 
 Around the launch:
 - each job is told the sweep's job count, so its first line reads "job #3 (4 of 12)";
@@ -93,7 +89,7 @@ def quiet_hydra_job_lines() -> None:
 
 def summary(returns: Sequence[JobReturn], total: int, urls: set[str]) -> list[str]:
     """The sweep's last lines: how each job ended, where the results are, what to run next."""
-    from bench.run import next_command, shown_url
+    from bench.cli import next_command, shown_url
 
     counts = {k: [] for k in ("completed", "diverged", "failed", "skipped")}
     for r in returns:
@@ -126,7 +122,7 @@ class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]):
         """BasicSweeper.sweep's loop (Hydra 1.3), with the job count passed on, the per-job
         launch lines quieted, and the summary logged before the first failure is re-raised."""
-        from bench.run import SWEEP_JOBS_KEY, remove_hydra_leftovers
+        from bench.cli import SWEEP_JOBS_KEY, remove_hydra_leftovers
 
         self._arguments = list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -169,65 +165,19 @@ class ValidatingSweeper(BasicSweeper):
         return [jobs[i:i + n] for i in range(0, len(jobs), n)]
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        from bench.cli import fail, shown_url, unescape
         from bench.errors import UserError
-        from bench.run import fail, open_results, shown_url, unescape
-        from bench.validate import check_config
+        from runners.job import prepare_sweep
 
         # Composing each job is what Hydra's own check does; a composition error propagates from
         # here exactly as it would from there.
         loader = self.hydra_context.config_loader
-        datasets, urls, prepares = {}, set(), {}
+        jobs = [(loader.load_sweep_config(self.config, list(overrides)),
+                 " ".join(unescape(o) for o in overrides)) for overrides in batch]
         try:
-            for overrides in batch:
-                cfg = loader.load_sweep_config(self.config, list(overrides))
-                try:
-                    check_config(cfg)
-                except UserError as e:
-                    job = " ".join(unescape(o) for o in overrides)
-                    raise UserError(f"{e} [job: {job}]") from None
-                ds = cfg.dataset
-                key = (ds.name, ds.image_size, str(sorted(ds.get("options", {}).items())),
-                       cfg.data_root, ds.download)
-                datasets[key] = ds
-                urls.add(cfg.db.url)
-                if _has_prepare(cfg):
-                    prepares[OmegaConf.to_yaml({k: cfg[k] for k in ("task", "dataset", "data_root",
-                                                                     "device")})] = cfg
-            for (_, _, _, root, _), ds in datasets.items():
-                _prepare_dataset(ds, root)
-            for cfg in prepares.values():
-                _prepare_job(cfg)
-            for url in urls:
-                stale = open_results(url).mark_stale_runs()
-                if stale:
-                    log.warning("marked %d runs failed that a killed process left running: %s",
-                                len(stale), stale)
+            datasets, urls = prepare_sweep(jobs)
         except UserError as e:
             fail(e, self.config.hydra.sweep.dir)
         self._urls |= urls
         log.info("checked %d jobs; datasets ready: %s; results database: %s", len(batch),
-                 ", ".join(sorted({k[0] for k in datasets})),
-                 ", ".join(sorted(shown_url(u) for u in urls)))
-
-
-def _has_prepare(cfg) -> bool:
-    from runners import RUNNERS
-
-    return getattr(RUNNERS[cfg.task.name], "prepare", None) is not None
-
-
-def _prepare_job(cfg) -> None:
-    """The task's `prepare` with the job's data and device, as `bench.run` calls it; the job's own
-    call then finds the result cached."""
-    from bench.runtime import pick_device
-    from bench.train import data_from_config
-    from runners import RUNNERS
-
-    RUNNERS[cfg.task.name].prepare(cfg, data_from_config(cfg), pick_device(cfg.device))
-
-
-def _prepare_dataset(ds, root) -> None:
-    from bench.data import load_dataset
-
-    load_dataset(ds.name, root, download=ds.download, image_size=ds.image_size,
-                 **ds.get("options", {}))
+                 ", ".join(datasets), ", ".join(sorted(shown_url(u) for u in urls)))
