@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import query
+from conftest import assert_every_parameter_learns, compose_config, query
 from torch import nn
 
 from bench.models import build_model
@@ -75,8 +75,14 @@ def test_28px_runs_through_the_32px_network_and_only_its_own_pixels_come_back():
 
 @pytest.mark.parametrize("norm", sorted(NORMS))
 def test_any_norm_fits_the_autoencoder(norm):
+    torch.manual_seed(0)
     m = ae(3, 32, norm, width=8)
-    m(torch.randn(2, 3, 32, 32)).square().mean().backward()
+    # A batch of 8: with 2, BN over the 1x1 latent outputs +-1 whatever its input.
+    x = torch.randn(8, 3, 32, 32)
+    out = m(x)
+    assert out.shape == x.shape
+    nn.functional.mse_loss(out, x).backward()
+    assert_every_parameter_learns(m)
 
 
 # --- the autoencoder post's distance ratio from the database -----------------------------------
@@ -128,14 +134,11 @@ def test_distance_ratio_refuses_to_mix_experiments_or_invent_runs(tmp_path):
 
 
 def test_a_model_of_another_task_is_a_user_error(tmp_path):
-    from hydra import compose, initialize_config_dir
-
     from bench.errors import UserError
-    from bench.validate import CONF_DIR, check_config
+    from runners.validate import check_config
 
     def check(*overrides):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            check_config(compose("config", overrides=[*overrides, f"db.url=sqlite:///{tmp_path}/x.db"]))
+        check_config(compose_config(*overrides, f"db.url=sqlite:///{tmp_path}/x.db"))
 
     check("task=autoencode")  # its default model
     with pytest.raises(UserError, match=r"model 'convnet' is a model for task classify, not "

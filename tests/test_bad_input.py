@@ -5,13 +5,12 @@ a researcher expects from the literature: Adam's betas in [0, 1) (Kingma & Ba 20
 momentum in [0, 1), BN momentum in [0, 1] in PyTorch's convention, numpy's seed range."""
 
 import pytest
-from conftest import assert_user_error
-from test_config import compose_job
+from conftest import assert_user_error, compose_config
 
 from bench.errors import UserError
 from bench.models import MODEL_TASKS
-from bench.norms import NORMS, settings_of
-from bench.validate import MIN_IMAGE_SIZE, check_config
+from bench.norms import NORMS, norm_options
+from runners.validate import MIN_IMAGE_SIZE, check_config
 
 DIGITS = ["dataset=digits"]  # a 1-channel 32 px dataset that is always on disk
 
@@ -73,8 +72,8 @@ CASES = [
     (["norm=brn", "norm.warmup=-1"], "norm.warmup=-1", "an integer >= 0"),
     (["norm=ghost_bn", "norm.virtual_bs=0"], "norm.virtual_bs=0", "an integer >= 1"),
     *[([f"norm={n}", "norm.momentum=1.5"], "norm.momentum=1.5", "0 <= x <= 1")
-      for n in sorted(NORMS) if "momentum" in settings_of(n)],
-    *[([f"norm={n}", "norm.eps=0"], "norm.eps=0", "> 0") for n in sorted(NORMS) if "eps" in settings_of(n)],
+      for n in sorted(NORMS) if "momentum" in norm_options(n)],
+    *[([f"norm={n}", "norm.eps=0"], "norm.eps=0", "> 0") for n in sorted(NORMS) if "eps" in norm_options(n)],
     # -- lr schedules
     (["sched=onecycle", "sched.pct_start=1"], "sched.pct_start=1", "0 < x < 1"),
     (["sched=onecycle", "sched.div_factor=0"], "sched.div_factor=0", "> 0"),
@@ -92,7 +91,7 @@ CASES = [
 
 
 def check(*overrides, tmp_path):
-    check_config(compose_job(*DIGITS, *overrides, f"db.url=sqlite:///{tmp_path}/x.db"))
+    check_config(compose_config(*DIGITS, *overrides, f"db.url=sqlite:///{tmp_path}/x.db"))
 
 
 @pytest.mark.parametrize(("overrides", "starts", "allowed"), CASES,
@@ -166,7 +165,7 @@ def test_cumulative_average_momentum_null_passes_the_checks(norm, tmp_path):
     # momentum None is documented (nn.BatchNorm2d's cumulative average); the meta-device check
     # used to refuse it with "Tensor.item() cannot be called on meta tensors".
     for task in ("task=classify", "task=gan"):
-        check_config(compose_job(*DIGITS, task, f"norm={norm}", "norm.momentum=null",
+        check_config(compose_config(*DIGITS, task, f"norm={norm}", "norm.momentum=null",
                                  f"db.url=sqlite:///{tmp_path}/x.db"))
 
 

@@ -1,11 +1,12 @@
 """Bad input at the command line: one line naming the value and what is allowed, a non-zero exit,
-no traceback, nothing written to the database, and no outputs/ or multirun/ folder left behind
-(a real subprocess each time)."""
+no traceback, nothing written to the database, and no outputs/ or multirun/ folder left behind.
+The command line runs in this process (conftest.run_bench); the exit code a shell sees is checked
+in a real process once per place a command is refused."""
 
 import shutil
 
 import pytest
-from conftest import assert_user_error, query
+from conftest import assert_user_error, query, run_bench_subprocess
 
 CASES = [
     (["norm=batchnorm"], "unknown norm 'batchnorm' (allowed: bcn, bn, bn_affine, bn_detach,"),
@@ -76,3 +77,42 @@ def test_the_error_shows_the_url_as_typed_not_escaped(bench, tmp_path):
     assert_user_error(proc, "bs=0 is not a positive integer (allowed: an integer >= 1) "
                             f"[job: bs=0 db.url=sqlite:///{tmp_path}")
     assert_no_folders_left(tmp_path)
+
+
+def test_the_exit_code_a_shell_sees_is_2(tmp_path):
+    # In this process the tests see SystemExit(2); here the exit status the shell gets. Once is
+    # enough: the interpreter makes the status from SystemExit alike wherever it is raised.
+    proc = run_bench_subprocess(tmp_path, "norm=batchnorm", "epochs=1")
+    assert proc.returncode == 2
+    assert_user_error(proc, "unknown norm 'batchnorm'")
+    assert_no_folders_left(tmp_path)
+    assert not (tmp_path / "bench.db").exists()
+
+
+def test_an_in_process_run_leaves_this_process_as_it_found_it(bench, tmp_path):
+    # conftest.run_bench runs the command line in the test process, which is only as good as a
+    # fresh process if each run's global changes are undone: Hydra's logging configuration and
+    # its singletons, torch's threads and seeds, the SIGTERM handler, argv, cwd, environment.
+    import logging
+    import os
+    import signal
+    import sys
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def state():
+        loggers = {name: (lg.level, list(lg.handlers), list(lg.filters), lg.propagate, lg.disabled)
+                   for name, lg in [("", logging.getLogger()), ("bench", logging.getLogger("bench"))]}
+        return (loggers, HydraConfig.instance().cfg, GlobalHydra.instance().is_initialized(),
+                torch.get_num_threads(), signal.getsignal(signal.SIGTERM), list(sys.argv),
+                os.getcwd(), dict(os.environ), sys.stdout, sys.stderr)
+
+    torch.manual_seed(123)
+    before, rng = state(), torch.get_rng_state()
+    proc = bench("-m", "bs=32,64", "epochs=1", "dataset.train_subset=128", "hydra.verbose=bench",
+                 "threads=2", check_rc=0)
+    assert "sweep done, 2 jobs: 2 completed" in proc.stdout  # it ran, and logged to its own stdout
+    assert state() == before and torch.equal(torch.get_rng_state(), rng)
+    logging.getLogger("bench").info("after the run")  # no handler left writing to a closed stream

@@ -2,7 +2,7 @@
 
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from bench.data import DATASETS
@@ -10,17 +10,12 @@ from bench.models import MODEL_TASKS, MODELS
 from bench.norms import NORMS
 from bench.optim import OPTIMIZERS
 from bench.sched import SCHEDULES
-from bench.validate import CONF_DIR, check_config, group_options
+from runners.validate import CONF_DIR, check_config, group_options
 from hydra_plugins.normbench_sweeper import grid_jobs
 from runners import RUNNERS
 
 REGISTRIES = {"task": RUNNERS, "dataset": DATASETS, "model": MODELS, "norm": NORMS,
               "optim": OPTIMIZERS, "sched": SCHEDULES}
-
-
-def compose_job(*overrides, hydra=False):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 @pytest.mark.parametrize("group", sorted(REGISTRIES))
@@ -32,21 +27,21 @@ def test_every_registered_name_has_a_config_file_and_back(group):
     (g, o) for g in sorted(REGISTRIES) for o in group_options(g)])
 def test_every_option_composes_names_itself_and_passes_the_checks(group, option, tmp_path):
     task = [f"task={MODEL_TASKS[option]}"] if group == "model" else []  # a model with its task
-    cfg = compose_job(*task, f"{group}={option}", f"db.url=sqlite:///{tmp_path}/x.db")
+    cfg = compose_config(*task, f"{group}={option}", f"db.url=sqlite:///{tmp_path}/x.db")
     assert cfg[group].name == option  # the name stored in the database is the file's name
     check_config(cfg)
 
 
 def test_task_sets_its_default_model_and_the_command_line_overrides_it():
-    assert compose_job().model.name == "convnet"
-    assert compose_job("model=cnn4").model.name == "cnn4"
-    assert compose_job("task=autoencode").model.name == "conv_ae"
-    assert compose_job("task=gan").model.name == "dcgan_vgg"
+    assert compose_config().model.name == "convnet"
+    assert compose_config("model=cnn4").model.name == "cnn4"
+    assert compose_config("task=autoencode").model.name == "conv_ae"
+    assert compose_config("task=gan").model.name == "dcgan_vgg"
 
 
 def preset_jobs(name: str) -> list[list[str]]:
     """The overrides of every job `python -m bench.run -m experiment=NAME` launches."""
-    sweeper = compose_job(f"experiment={name}", hydra=True).hydra.sweeper
+    sweeper = compose_config(f"experiment={name}", return_hydra_config=True).hydra.sweeper
     params = OmegaConf.to_container(sweeper.params)
     grids = OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}]
     return [[f"experiment={name}", *job] for job in grid_jobs(params, grids, [])]
@@ -69,22 +64,22 @@ def test_every_job_of_every_preset_passes_the_checks(name, tmp_path):
     distinct = {tuple(o for o in job if not o.startswith("seed=")) for job in jobs}
     assert all(any(o.startswith("seed=") for o in job) for job in jobs)
     for job in sorted(distinct):
-        check_config(compose_job(*job, "seed=0", f"db.url=sqlite:///{tmp_path}/x.db"))
+        check_config(compose_config(*job, "seed=0", f"db.url=sqlite:///{tmp_path}/x.db"))
 
 
 def test_presets_set_the_write_ups_experiments():
-    c = compose_job("experiment=classifier_bn_vs_none")
+    c = compose_config("experiment=classifier_bn_vs_none")
     assert (c.dataset.name, c.model.name, c.optim.name, c.lr, c.epochs, c.sched.name) == (
         "cifar10", "convnet", "radam", 3e-4, 100, "constant")
-    assert compose_job("experiment=autoencoder_bn_vs_none").model.name == "conv_ae"
+    assert compose_config("experiment=autoencoder_bn_vs_none").model.name == "conv_ae"
     for name in ("classifier_bn_vs_none", "autoencoder_bn_vs_none"):
         assert {tuple(j[1:3]) for j in preset_jobs(name)} == {
             (f"norm={n}", f"bs={b}") for n in ("bn", "none") for b in (128, 512, 2000)}
-    c = compose_job("experiment=large_batch_ema")
+    c = compose_config("experiment=large_batch_ema")
     assert (c.dataset.name, c.model.name, c.model.width, c.norm.momentum, c.norm.eps) == (
         "mnist", "keras_cnn", 32, 0.01, 1e-3)
     assert [j[1] for j in preset_jobs("large_batch_ema")][::3] == ["bs=64", "bs=4096"]
-    gan = compose_job("experiment=gan_discriminator_norm")
+    gan = compose_config("experiment=gan_discriminator_norm")
     assert (gan.task.name, gan.task.d_batches) == ("gan", "separate")
 
     # The Replacing BatchNorm post: 11 norm settings x 2 models x bs {128, 2} x lr {1e-2, 1e-3}
@@ -95,7 +90,7 @@ def test_presets_set_the_write_ups_experiments():
     assert gn == {("model=cnn4", "norm=gn", "norm.groups=4"),
                   ("model=resnet18", "norm=gn", "norm.groups=32")}
     assert sum("norm.eps=0.1" in j for j in jobs) == 2 * 2 * 2 * 3
-    c = compose_job(*jobs[0])
+    c = compose_config(*jobs[0])
     assert (c.dataset.image_size, c.optim.weight_decay, c.sched.name, c.epochs) == (
         96, 1e-6, "cyclic", 3)
 
@@ -105,7 +100,7 @@ def test_presets_set_the_write_ups_experiments():
 
 
 def test_top_level_defaults():
-    cfg = compose_job(hydra=True)
+    cfg = compose_config(return_hydra_config=True)
     assert cfg.db.url == "sqlite:///results/bench.db"
     assert cfg.device == "auto"
     assert {"bs", "lr", "seed", "epochs"} <= set(cfg)

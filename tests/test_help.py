@@ -1,21 +1,17 @@
 """`python -m bench.run --help`: our page through Hydra's help template, checked against conf/."""
 
 import shlex
-import subprocess
-import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, run_main
 
-from bench import run
-from bench.validate import CONF_DIR, GROUPS, check_overrides, group_options
+from runners.validate import GROUPS, check_overrides, group_options
 
 
 @pytest.fixture(scope="module")
 def help_page(tmp_path_factory) -> str:
     cwd = tmp_path_factory.mktemp("help")
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--help"], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_main(cwd, "--help")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert list(cwd.iterdir()) == []  # no outputs/ for a help page
     return proc.stdout
@@ -27,8 +23,7 @@ def test_the_help_page_lists_every_group_with_its_options(help_page):
 
 
 def test_the_help_page_has_a_line_for_every_top_level_key(help_page):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config")
+    cfg = compose_config()
     section = help_page.split("== Top-level keys")[1].split("\n\n")[0].splitlines()[1:]
     listed = {line.split()[0].split("=")[0].split(".")[0] for line in section}
     assert listed == set(cfg) - set(GROUPS)
@@ -45,16 +40,12 @@ def test_every_example_command_names_real_groups_and_keys(help_page):
         check_overrides(args)  # raises UserError on an unknown option or key
 
 
-def test_hydras_own_help_still_works(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bench.run", "--hydra-help"])
-    with pytest.raises(SystemExit) as e:
-        run.main()
-    assert e.value.code == 0 and "== Flags ==" in capsys.readouterr().out
+def test_hydras_own_help_still_works(tmp_path):
+    proc = run_main(tmp_path, "--hydra-help")
+    assert proc.returncode == 0 and "== Flags ==" in proc.stdout
 
 
-def test_help_with_a_bad_option_is_our_one_line_error(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", shlex.split("bench.run --help norm=foo"))
-    with pytest.raises(SystemExit) as e:
-        run.main()
-    assert e.value.code == 2
-    assert capsys.readouterr().err.startswith("error: unknown norm 'foo' (allowed: bcn, bn,")
+def test_help_with_a_bad_option_is_our_one_line_error(tmp_path):
+    proc = run_main(tmp_path, *shlex.split("--help norm=foo"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown norm 'foo' (allowed: bcn, bn,")

@@ -7,23 +7,18 @@ import re
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra._internal.grammar.utils import escape_special_characters
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from bench import run
+from bench import cli, run
+from bench.config_hash import config_hash
 from bench.divergence import DivergenceRule
 from bench.errors import UserError
-from bench.runtime import config_hash
-from bench.validate import CONF_DIR, check_diverge
 from hydra_plugins.normbench_sweeper import summary
-
-
-def compose_job(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
+from runners import job
+from runners.validate import check_diverge
 
 # --- divergence ---------------------------------------------------------------------------------
 
@@ -92,7 +87,7 @@ def test_test_losses_are_not_watched():
 ])
 def test_bad_divergence_settings_are_one_line_errors(overrides, message):
     with pytest.raises(UserError) as e:
-        check_diverge(compose_job(*overrides))
+        check_diverge(compose_config(*overrides))
     assert message in str(e.value)
 
 
@@ -100,13 +95,13 @@ def test_bad_divergence_settings_are_one_line_errors(overrides, message):
                                        ["diverge.factor=null", "diverge.max_loss=null"],
                                        ["diverge.factor=0", "diverge.max_loss=0"]])
 def test_good_divergence_settings_pass(overrides):
-    check_diverge(compose_job(*overrides))
+    check_diverge(compose_config(*overrides))
 
 
 def test_the_divergence_settings_are_part_of_the_config_hash():
     # They decide whether a run ends 'diverged' or goes on: not bookkeeping.
     def digest(*overrides):
-        return config_hash(OmegaConf.to_container(compose_job(*overrides), resolve=True))
+        return config_hash(OmegaConf.to_container(compose_config(*overrides), resolve=True))
     assert digest() != digest("diverge.factor=1000")
     assert digest() != digest("diverge.max_loss=null")
     assert digest() == digest("diverge.factor=auto")
@@ -122,31 +117,31 @@ CLASSIFY_EPOCH = {("train", "loss"): 0.41234, ("train", "acc"): 0.9, ("train", "
 
 
 def test_the_epoch_line_shows_the_main_metrics_only():
-    assert run.epoch_line(CLASSIFY_EPOCH) == "train loss 0.4123 | test loss 0.3012 acc 0.9011 | 12.2 s"
+    assert job.epoch_line(CLASSIFY_EPOCH) == "train loss 0.4123 | test loss 0.3012 acc 0.9011 | 12.2 s"
     gan = {("train", "d_loss"): 0.02591, ("train", "g_loss"): 4.554, ("train", "d_acc_real"): 1.0,
            ("train", "time_s"): 4.5, ("test", "cfid"): 42.03, ("test", "ckid"): 1.6,
            ("test_precise", "cfid"): 43.5, ("test", "time_s"): 3.2}
-    assert run.epoch_line(gan) == "train d_loss 0.02591 g_loss 4.554 | test cfid 42.03 | 7.7 s"
+    assert job.epoch_line(gan) == "train d_loss 0.02591 g_loss 4.554 | test cfid 42.03 | 7.7 s"
     autoencode = {("train", "loss"): 0.08, ("train", "mse"): 0.08, ("test", "loss"): 0.0802,
                   ("test", "mse"): 0.0802}
-    assert run.epoch_line(autoencode) == "train loss 0.08 | test loss 0.0802"
+    assert job.epoch_line(autoencode) == "train loss 0.08 | test loss 0.0802"
     # The GAN's epoch 0 (scores of the real images, before training): nothing main, DEBUG only.
-    assert run.epoch_line({("test", "cis_real"): 6.7, ("test", "classifier_acc"): 0.97}) is None
+    assert job.epoch_line({("test", "cis_real"): 6.7, ("test", "classifier_acc"): 0.97}) is None
 
 
 @pytest.mark.parametrize("text", ["sqlite:///results/bench.db", "sqlite:////tmp/a b/x.db",
                                   "postgresql://u:p@host:5432/db", "a=b,c", "[1, 2]", "f(x)"])
 def test_unescape_undoes_hydras_escaping(text):
     escaped = escape_special_characters(text)
-    assert run.unescape(f"db.url={escaped}") == f"db.url={text}"
+    assert cli.unescape(f"db.url={escaped}") == f"db.url={text}"
 
 
 def test_the_url_shown_hides_the_password_and_the_next_command_fits_the_database():
-    assert run.shown_url("postgresql://bench:s3cret@db.example:5432/runs") == (
+    assert cli.shown_url("postgresql://bench:s3cret@db.example:5432/runs") == (
         "postgresql://bench:***@db.example:5432/runs")
-    assert run.next_command("sqlite:///results/bench.db") == (
+    assert cli.next_command("sqlite:///results/bench.db") == (
         "make report (or python -m analysis.report --db sqlite:///results/bench.db)")
-    assert run.next_command("postgresql://bench:s3cret@h/runs") == (
+    assert cli.next_command("postgresql://bench:s3cret@h/runs") == (
         "python -m analysis.report --db postgresql://bench:***@h/runs")
 
 
@@ -192,18 +187,18 @@ def hydra_job_dir(path):
 
 def test_leftovers_are_removed_up_to_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(run, "STARTED", time.time() - 1)
+    monkeypatch.setattr(cli, "STARTED", time.time() - 1)
     job = hydra_job_dir(tmp_path / "outputs" / "2026-01-01" / "10-00-00")
     sweep = tmp_path / "multirun" / "2026-01-01" / "10-00-01"
     sweep.mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("{}\n")
-    run.remove_hydra_leftovers(job, sweep)
+    cli.remove_hydra_leftovers(job, sweep)
     assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_a_folder_with_anything_else_or_older_files_is_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(run, "STARTED", time.time() - 1)
+    monkeypatch.setattr(cli, "STARTED", time.time() - 1)
     earlier = hydra_job_dir(tmp_path / "outputs" / "2026-01-01" / "09-00-00")  # another command's
     old = time.time() - 3600
     for p in earlier.rglob("*"):
@@ -211,7 +206,7 @@ def test_a_folder_with_anything_else_or_older_files_is_kept(tmp_path, monkeypatc
     ours = hydra_job_dir(tmp_path / "outputs" / "2026-01-01" / "10-00-00")
     mixed = hydra_job_dir(tmp_path / "outputs" / "2026-01-02" / "10-00-00")
     (mixed / "samples.png").write_bytes(b"")
-    run.remove_hydra_leftovers(earlier, ours, mixed)
+    cli.remove_hydra_leftovers(earlier, ours, mixed)
     assert earlier.is_dir() and mixed.is_dir() and not ours.exists()
     assert (tmp_path / "outputs" / "2026-01-01").is_dir()  # still holds the earlier run
 
@@ -219,18 +214,17 @@ def test_a_folder_with_anything_else_or_older_files_is_kept(tmp_path, monkeypatc
 def test_a_folder_outside_the_working_directory_goes_but_not_its_parents(tmp_path, monkeypatch):
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setattr(run, "STARTED", time.time() - 1)
+    monkeypatch.setattr(cli, "STARTED", time.time() - 1)
     job = hydra_job_dir(tmp_path / "elsewhere" / "job")
-    run.remove_hydra_leftovers(job)
+    cli.remove_hydra_leftovers(job)
     assert not job.exists() and (tmp_path / "elsewhere").is_dir()
 
 
 # --- the job's first line ------------------------------------------------------------------------
 
 def test_the_job_line_names_settings_threads_and_other_overrides(monkeypatch):
-    cfg = compose_job("dataset=digits", "epochs=3", "norm=gn", "bs=32", "optim=sgd")
-    monkeypatch.setattr(run, "job_overrides", lambda: "optim=sgd dataset.train_subset=256")
-    assert run.describe(cfg, "cpu", 1) == (
+    cfg = compose_config("dataset=digits", "epochs=3", "norm=gn", "bs=32", "optim=sgd")
+    assert job.describe(cfg, "cpu", 1, "optim=sgd dataset.train_subset=256") == (
         "classify digits/convnet norm=gn bs=32 lr=0.001 seed=0 epochs=3 on cpu, 1 thread "
         "[optim=sgd dataset.train_subset=256]")
-    assert re.search(r"on cuda:0, 8 threads \[", run.describe(cfg, "cuda:0", 8))
+    assert re.search(r"on cuda:0, 8 threads \[", job.describe(cfg, "cuda:0", 8, "optim=sgd"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import compose_config
 from torch import nn
 
 from bench.metrics.classifier_scores import ClassifierFeatures, ClassifierScores, inception_score
@@ -162,12 +163,7 @@ SMALL = ["task=gan", "dataset=synthetic", "dataset.options.n_train=256",
 
 
 def gan_config(tmp_path, *overrides):
-    from hydra import compose, initialize_config_dir
-
-    from bench.validate import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*SMALL, f"data_root={tmp_path}", *overrides])
+    return compose_config(*SMALL, f"data_root={tmp_path}", *overrides)
 
 
 def load(cfg):
@@ -179,40 +175,41 @@ def load(cfg):
 
 def test_classifier_is_trained_once_cached_and_keyed_by_its_config(tmp_path, monkeypatch):
     from bench.metrics import feature_classifier as fc
+    from runners import gan_features
 
     cfg = gan_config(tmp_path)
     data = load(cfg)
     state = torch.get_rng_state()
-    model, acc = fc.feature_classifier(cfg, data, torch.device("cpu"))
+    model, acc = gan_features.feature_classifier(cfg, data, torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is untouched
     assert acc >= 0.5 and not model.training
-    path = fc.cache_path(cfg, 16)
+    path = gan_features.cache_path(cfg, 16)
     assert path.parent == tmp_path / "cache" / "gan_features" and path.name.startswith("synthetic-16px-")
-    monkeypatch.setattr(fc, "_train", lambda *a: pytest.fail("trained again instead of reading"))
-    again, acc2 = fc.feature_classifier(cfg, data, torch.device("cpu"))
+    monkeypatch.setattr(fc, "train", lambda *a: pytest.fail("trained again instead of reading"))
+    again, acc2 = gan_features.feature_classifier(cfg, data, torch.device("cpu"))
     assert acc2 == acc
     x = torch.rand(4, 1, 16, 16)
     assert torch.equal(again(x), model(x))
     # What changes the weights changes the file; what does not, does not.
-    assert fc.cache_path(gan_config(tmp_path, "task.features.epochs=3"), 16) != path
-    assert fc.cache_path(gan_config(tmp_path, "dataset.train_subset=128"), 16) != path
-    assert fc.cache_path(gan_config(tmp_path, "task.features.min_acc=0.1", "norm=gn"), 16) == path
+    assert gan_features.cache_path(gan_config(tmp_path, "task.features.epochs=3"), 16) != path
+    assert gan_features.cache_path(gan_config(tmp_path, "dataset.train_subset=128"), 16) != path
+    assert gan_features.cache_path(gan_config(tmp_path, "task.features.min_acc=0.1", "norm=gn"), 16) == path
 
 
 def test_classifier_that_stays_below_min_acc_or_is_missing_is_a_user_error(tmp_path):
     from bench.errors import UserError
-    from bench.metrics import feature_classifier as fc
+    from runners import gan_features
 
     cfg = gan_config(tmp_path, "task.features.min_acc=1.0", "task.features.epochs=1",
                      "task.features.lr=1e-6")
     with pytest.raises(UserError, match=r"cannot train the classifier for the GAN metrics: test "
                                         r"accuracy .* is below task.features.min_acc=1.0"):
-        fc.feature_classifier(cfg, load(cfg), torch.device("cpu"))
-    assert not fc.cache_path(cfg, 16).exists()
+        gan_features.feature_classifier(cfg, load(cfg), torch.device("cpu"))
+    assert not gan_features.cache_path(cfg, 16).exists()
     cfg = gan_config(tmp_path, "task.features.train=false")
     with pytest.raises(UserError, match="no classifier for the GAN metrics at .* and task.features"):
-        fc.check(cfg, 1, 16, 10)
+        gan_features.check(cfg, 1, 16, 10)
     with pytest.raises(UserError, match="'resnet9' is not a classifier"):
-        fc.check(gan_config(tmp_path, "task.features.model.name=resnet9"), 1, 16, 10)
+        gan_features.check(gan_config(tmp_path, "task.features.model.name=resnet9"), 1, 16, 10)
     with pytest.raises(UserError, match="'conv_ae' is not a classifier"):
-        fc.check(gan_config(tmp_path, "task.features.model.name=conv_ae"), 1, 16, 10)
+        gan_features.check(gan_config(tmp_path, "task.features.model.name=conv_ae"), 1, 16, 10)

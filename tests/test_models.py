@@ -3,10 +3,12 @@ dataset's image shape, and any norm in any model."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import assert_every_parameter_learns
 from torch import nn
 
 from bench.errors import UserError
-from bench.models import MODELS, build_model, models_for
+from bench.models import MODEL_TASKS, MODELS, build_model, models_for
 from bench.models.convnet import ScaledReLU
 from bench.norms import NORMS, make_norm
 
@@ -73,14 +75,38 @@ def test_every_classifier_takes_every_dataset_shape(name, c, size):
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("norm", sorted(NORMS))
 def test_any_norm_fits_any_model(name, norm):
-    # 64 px: ResNet-18's last stage is then 2x2 (at 32 px it is 1x1, where instance norm has
+    # ResNet-18 at 64 px: its last stage is then 2x2 (at 32 px it is 1x1, where instance norm has
     # nothing to normalise over; `runners.classify.check` reports that as a user error).
-    m = build(name, norm=norm, size=64)
+    size = 64 if name == "resnet18" else 32
+    torch.manual_seed(0)
+    m = build(name, norm=norm, size=size)
+    # A batch of 8: with 2, BN over a 1x1 feature map (keras_cnn's dense layers) outputs +-1
+    # whatever its input, and the layers before it would get next to no gradient.
+    x = torch.randn(8, 3, size, size)
     if (name, norm) == ("keras_cnn", "in"):  # its dense layers' norms see 1x1 "images"
         with pytest.raises(ValueError, match="more than 1 spatial element"):
-            m(torch.randn(2, 3, 64, 64))
+            m(x)
         return
-    m(torch.randn(2, 3, 64, 64)).sum().backward()
+    # The norm is in every place the model has one: as many layers of its type as BN layers in
+    # the same model with norm=bn (convnet: 4, keras_cnn: 5, resnet18: 20, ...).
+    positions = sum(isinstance(l, nn.BatchNorm2d) for l in build(name, norm="bn", size=size).modules())
+    norm_type = type(make_norm(norm)(16))
+    assert sum(type(l) is norm_type for l in m.modules()) == positions > 0
+    # Each task's real loss on the output of the right shape ...
+    out = m(x)
+    if MODEL_TASKS[name] == "classify":
+        assert out.shape == (8, 10)
+        loss = F.cross_entropy(out, torch.arange(8) % 10)
+    elif MODEL_TASKS[name] == "autoencode":
+        assert out.shape == x.shape
+        loss = F.mse_loss(out, x)
+    else:  # the discriminator's logits on real and generated images: both halves get a gradient
+        fake = m.generator(m.generator.noise(8))
+        assert out.shape == (8,) and fake.shape == x.shape
+        loss = (F.binary_cross_entropy_with_logits(out, torch.ones(8))
+                + F.binary_cross_entropy_with_logits(m(fake), torch.zeros(8)))
+    loss.backward()
+    assert_every_parameter_learns(m)  # ... reaches every parameter
 
 
 def test_keras_cnn_is_the_fastai_threads_model():

@@ -14,8 +14,8 @@ from torch.nn.utils import parametrize
 from bench.errors import UserError
 from bench.models import build_model
 from bench.norm_zoo.ws import apply_weight_standardization
-from bench.norms import BATCH_DEPENDENT, NORMS, make_norm, settings_of
-from bench.validate import CONF_DIR
+from bench.norms import BATCH_DEPENDENT, NORMS, make_norm, norm_options
+from runners.validate import CONF_DIR
 
 C = (1, -1, 1, 1)
 
@@ -340,7 +340,7 @@ def test_config_file_states_the_defaults(name):
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "norm" / f"{name}.yaml"))
     params = inspect.signature(NORMS[name]).parameters
     assert cfg.pop("name") == name
-    assert cfg == {k: params[k].default for k in settings_of(name)}
+    assert cfg == {k: params[k].default for k in norm_options(name)}
 
 
 def test_unknown_setting_of_a_class_entry_lists_the_allowed_ones():

@@ -5,12 +5,12 @@ command line."""
 import json
 
 import pytest
-from conftest import query
+from conftest import compose_config, query
 from omegaconf import OmegaConf
-from test_config import compose_job, preset_jobs
+from test_config import preset_jobs
 
-from bench.runtime import config_hash
-from bench.validate import group_options
+from bench.config_hash import config_hash
+from runners.validate import group_options
 
 # The names the presets had before they were named after what they test (commands in old notes,
 # databases made by `make preset P=seed00N_...`), and the preset each one now stands for.
@@ -43,7 +43,7 @@ def test_an_alias_composes_to_exactly_its_targets_jobs(alias, target):
     # ... and a job composed under either name is one config, with one hash, so `resume` skips a
     # run made under the other name. First and last job: a multi-grid preset's grids lie between.
     for job in (jobs[0], jobs[-1]):
-        a, t = (OmegaConf.to_container(compose_job(f"experiment={n}", *job), resolve=True)
+        a, t = (OmegaConf.to_container(compose_config(f"experiment={n}", *job), resolve=True)
                 for n in (alias, target))
         assert a == t
         assert config_hash(a) == config_hash(t)
