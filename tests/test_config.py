@@ -10,9 +10,9 @@ from bench.models import MODEL_TASKS, MODELS
 from bench.norms import NORMS
 from bench.optim import OPTIMIZERS
 from bench.sched import SCHEDULES
-from runners.validate import CONF_DIR, check_config, group_options
 from hydra_plugins.normbench_sweeper import grid_jobs
 from runners import RUNNERS
+from runners.validate import CONF_DIR, check_config, group_options
 
 REGISTRIES = {"task": RUNNERS, "dataset": DATASETS, "model": MODELS, "norm": NORMS,
               "optim": OPTIMIZERS, "sched": SCHEDULES}
