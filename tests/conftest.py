@@ -169,6 +169,9 @@ def run_main(cwd: Path, *args, timeout=600):
     CompletedProcess: the exit code as Python would give it, stdout and stderr."""
     from bench import run
 
+    # Its loky workers would log to this process's real stdout, not to the output returned here,
+    # and would keep the working directory of the test that started them.
+    assert not any(a.startswith("hydra/launcher=joblib") for a in args), "use run_bench_subprocess"
     argv = ["bench.run", *args]
     out, err = io.StringIO(), io.StringIO()
     try:

@@ -330,7 +330,12 @@ CLI = ["dataset=digits", "dataset.train_subset=128", "bs=32", "epochs=1", "threa
 
 
 def test_multirun_over_norms_writes_completed_runs_metrics_and_grids(bench, tmp_path):
-    bench("-m", "task=gan", "norm=bn,gn,none", *CLI, check_rc=0)
+    proc = bench("-m", "task=gan", "norm=bn,gn,none", *CLI, check_rc=0)
+    # The metrics' classifier is trained once, by the sweeper before any job (the joblib
+    # version of this, with the jobs in other processes, is the parallel sweep's test below).
+    out = proc.stdout + proc.stderr
+    assert out.count("trained the classifier for the GAN metrics") == 1
+    assert out.index("trained the classifier") < out.index("checked 3 jobs")
     db = tmp_path / "bench.db"
     runs = query(db, "select id, task, model, norm, status from runs order by norm")
     assert [r[1:] for r in runs] == [("gan", "dcgan_vgg", n, "completed") for n in ("bn", "gn", "none")]
