@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, compose_config, query, run_bench_subprocess
+import torch.nn.functional as F
+from conftest import (
+    assert_every_parameter_learns,
+    assert_user_error,
+    compose_config,
+    query,
+    run_bench_subprocess,
+)
 from torch import nn
 
 from bench.errors import UserError, choices
@@ -92,8 +99,16 @@ def test_generator_and_discriminator_shapes_for_every_dataset(c, size):
 
 @pytest.mark.parametrize("norm", sorted(NORMS))
 def test_any_norm_in_either_network(norm):
+    torch.manual_seed(0)
     p = pair(3, 32, norm, norm, nf=8, ngf=8)
-    p(p.generator(p.generator.noise(2))).sum().backward()
+    # A batch of 8: at 2, a batch norm over 1x1 maps outputs +-1 whatever its input.
+    fake = p.generator(p.generator.noise(8))
+    assert fake.shape == (8, 3, 32, 32)
+    score = p(fake)
+    assert score.shape == (8,)
+    # The generator's loss reaches every parameter of both networks through the fakes.
+    F.softplus(-score).mean().backward()
+    assert_every_parameter_learns(p)
 
 
 def test_mixed_and_separate_batches_differ_only_with_a_batch_dependent_norm():
