@@ -27,13 +27,13 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
 from bench.errors import UserError, one_line
-from db.schema import Base
+from db.schema import SCHEMA_VERSION, Base, SchemaInfo
 from db.views import create_views
 
 KINDS = "use sqlite:///path.db or postgresql://..."
@@ -76,7 +76,8 @@ def _sqlite_on_begin(conn) -> None:
 # Columns added to `runs` after its first release, with their SQL types: a file written before
 # gets them (NULL in its old rows) when a writer opens it. Adding a nullable column changes no row.
 # A reader cannot add them, so it reads a missing one as NULL (analysis/load.py).
-ADDED_COLUMNS = {"threads": "INTEGER", "versions": "TEXT"}
+ADDED_COLUMNS = {"threads": "INTEGER", "versions": "TEXT", "uid": "VARCHAR(32)", "launcher": "TEXT",
+                 "scheduler_job_id": "TEXT", "attempts": "INTEGER"}
 
 
 def _add_missing_columns(conn) -> None:
@@ -84,6 +85,23 @@ def _add_missing_columns(conn) -> None:
     for name, sql_type in ADDED_COLUMNS.items():
         if name not in have:
             conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}"))
+    # create_all made ix_runs_uid only with a new table; an older file gets it here.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_runs_uid ON runs (uid)"))
+    if conn.scalar(select(SchemaInfo.version)) != SCHEMA_VERSION:
+        conn.execute(delete(SchemaInfo))
+        conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
+
+
+def schema_version(conn) -> int | None:
+    """The schema version of the database `conn` reads: `SCHEMA_VERSION` of the code that wrote
+    it, 1 for a normbench file written before `schema_info`, None if it has no `runs` table
+    (not a normbench database). Reads only."""
+    tables = set(inspect(conn).get_table_names())
+    if "runs" not in tables:
+        return None
+    if "schema_info" not in tables:
+        return 1
+    return conn.scalar(select(SchemaInfo.version)) or 1
 
 
 def parse_url(url: str) -> URL:

@@ -41,6 +41,23 @@ Table ``runs``
                   before it existed.
     code_version  ``git describe --always --dirty --tags`` of the code, else the package version.
     error         why the run failed or diverged, else NULL.
+    uid           a random 32-hex-digit id given when the row is written: the run's identity across
+                  databases (``python -m db merge`` copies a shard's run once, whatever its id).
+                  NULL in rows written before it existed.
+    launcher      the Hydra launcher that started the job: 'basic' (one job at a time), 'joblib',
+                  'submitit_local', 'submitit_slurm'. NULL in rows written before it existed.
+    scheduler_job_id  the scheduler's id of the job: SLURM's ``SLURM_JOB_ID``, as
+                  ``ARRAYJOB_TASK`` (``SLURM_ARRAY_JOB_ID`` + '_' + ``SLURM_ARRAY_TASK_ID``) for an
+                  array task, or submitit's local job id; NULL outside a scheduler.
+    attempts      how many times this run was started: 1, plus one for each requeue of the same
+                  scheduler job (a timeout or preemption), which continues in this row.
+                  NULL in rows written before it existed.
+
+Table ``schema_info`` (one row)
+    version       the schema's version, ``db.schema.SCHEMA_VERSION``; a file written before the
+                  table existed has none and is version 1. A writer brings an older file up to date
+                  (it only adds nullable columns and this table); ``python -m db merge`` refuses
+                  to mix versions.
 
 Table ``metrics`` (primary key run_id, epoch, split, name: each value is written once)
     run_id        runs.id; deleting a run deletes its metrics.
@@ -76,6 +93,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# 1: before schema_info; 2: runs.uid, launcher, scheduler_job_id, attempts and schema_info.
+SCHEMA_VERSION = 2
 
 STATUSES = ("running", "completed", "failed", "diverged")
 FINAL_STATUSES = STATUSES[1:]
@@ -133,6 +153,10 @@ class Run(Base):
     versions: Mapped[str | None] = mapped_column(Text)
     code_version: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    uid: Mapped[str | None] = mapped_column(String(32), index=True)
+    launcher: Mapped[str | None] = mapped_column(Text)
+    scheduler_job_id: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int | None] = mapped_column(Integer)
 
 
 class Metric(Base):
@@ -157,3 +181,9 @@ class Artifact(Base):
     )
     kind: Mapped[str] = mapped_column(Text, primary_key=True)
     path: Mapped[str] = mapped_column(Text)
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)

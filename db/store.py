@@ -14,6 +14,7 @@ import platform
 import socket
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,7 +120,8 @@ class ResultsDB:
     def start_run(
         self, *, task: str, dataset: str, model: str, norm: str, bs: int, lr: float, seed: int,
         epochs: int, config: dict, config_hash: str, output_dir: str | None = None,
-        device: str = "cpu", threads: int | None = None,
+        device: str = "cpu", threads: int | None = None, launcher: str | None = None,
+        scheduler_job_id: str | None = None,
     ) -> int:
         """Insert a 'running' row describing this process; returns its id."""
         now = _now()
@@ -130,6 +132,7 @@ class ResultsDB:
             started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=os.getpid(),
             device=str(device), threads=None if threads is None else int(threads),
             torch_version=_torch_version(), versions=_versions_json(), code_version=code_version(),
+            uid=uuid.uuid4().hex, launcher=launcher, scheduler_job_id=scheduler_job_id, attempts=1,
         )
         with self.engine.begin() as conn:
             return conn.execute(insert(Run), row).inserted_primary_key[0]

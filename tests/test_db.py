@@ -18,6 +18,8 @@ from sqlalchemy.exc import IntegrityError
 
 from bench.errors import UserError
 from db import ResultsDB, Run, store
+from db.engine import open_readonly, schema_version
+from db.schema import SCHEMA_VERSION
 
 RUN = dict(task="classify", dataset="digits", model="mlp", norm="bn", bs=32, lr=0.1, seed=0,
            epochs=20, config={"optim": {"lr": 0.1, "wd": 5e-4}, "norm": "bn"}, config_hash="a" * 64)
@@ -193,9 +195,11 @@ def test_open_is_idempotent_and_writes_no_rows(tmp_path):
     ResultsDB(url).close()
     ResultsDB(url).close()
     tables = _sql(tmp_path / "r.db", "SELECT name FROM sqlite_master WHERE type = 'table'")
-    assert sorted(t["name"] for t in tables) == ["artifacts", "metrics", "runs"]
+    assert sorted(t["name"] for t in tables) == ["artifacts", "metrics", "runs", "schema_info"]
     assert _sql(tmp_path / "r.db", "SELECT (SELECT count(*) FROM runs) + "
                                    "(SELECT count(*) FROM metrics) AS n") == [dict(n=0)]
+    # Opened twice, the version is written once.
+    assert _sql(tmp_path / "r.db", "SELECT version FROM schema_info") == [dict(version=SCHEMA_VERSION)]
 
 
 @pytest.mark.parametrize("url", [
@@ -260,6 +264,38 @@ def test_threads_recorded_and_added_to_a_file_written_before_the_column(tmp_path
     assert rows == [{"id": first, "threads": None, "config_hash": "a" * 64},
                     {"id": second, "threads": 3, "config_hash": "a" * 64}]
     assert _sql(path, "SELECT threads FROM run_summary WHERE run_id = ?", second) == [{"threads": 3}]
+
+
+def test_a_version_1_file_is_brought_to_the_current_schema_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v1.db"
+    with ResultsDB(f"sqlite:///{path}") as db:
+        first = db.start_run(**RUN)
+    with sqlite3.connect(path) as conn:  # as version 1 (before schema_info) wrote it
+        conn.execute("DROP INDEX ix_runs_uid")
+        for column in ("uid", "launcher", "scheduler_job_id", "attempts"):
+            conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        conn.execute("DROP TABLE schema_info")
+    with open_readonly(f"sqlite:///{path}").connect() as conn:
+        assert schema_version(conn) == 1
+    with ResultsDB(f"sqlite:///{path}") as db:
+        second = db.start_run(**RUN, launcher="joblib", scheduler_job_id="77_3")
+    rows = _sql(path, "SELECT id, uid, launcher, scheduler_job_id, attempts FROM runs ORDER BY id")
+    assert rows[0] == dict(id=first, uid=None, launcher=None, scheduler_job_id=None, attempts=None)
+    assert rows[1]["id"] == second and len(rows[1]["uid"]) == 32 and int(rows[1]["uid"], 16) >= 0
+    assert (rows[1]["launcher"], rows[1]["scheduler_job_id"], rows[1]["attempts"]) == ("joblib", "77_3", 1)
+    with open_readonly(f"sqlite:///{path}").connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION == 2
+    (tmp_path / "other.db").write_bytes(b"")
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    with open_readonly(f"sqlite:///{tmp_path / 'other.db'}").connect() as conn:
+        assert schema_version(conn) is None  # not a normbench database
+
+
+def test_every_run_gets_its_own_uid(tmp_path):
+    with ResultsDB(f"sqlite:///{tmp_path / 'r.db'}") as db:
+        ids = [db.start_run(**RUN) for _ in range(5)]
+    uids = [r["uid"] for r in _sql(tmp_path / "r.db", "SELECT uid FROM runs ORDER BY id")]
+    assert len(ids) == len(set(uids)) == 5
 
 
 # The libraries whose versions shape a run's numbers or config, by distribution name.

@@ -121,7 +121,7 @@ def test_views_and_index_are_idempotent_and_replace_an_outdated_view(db_path):
                           "AND name NOT LIKE 'sqlite_%' ORDER BY name")
     assert names == [("index", "ix_metrics_split_name"), ("index", "ix_runs_config_hash"),
                      ("index", "ix_runs_experiment"), ("index", "ix_runs_status"),
-                     ("view", "run_final"), ("view", "run_summary")]
+                     ("index", "ix_runs_uid"), ("view", "run_final"), ("view", "run_summary")]
     with sqlite3.connect(db_path) as conn:  # as an older version would have left it
         conn.execute("DROP VIEW run_summary")
         conn.execute("CREATE VIEW run_summary AS SELECT id FROM runs")

@@ -344,7 +344,10 @@ def _older_release(path: Path) -> None:
     # A file as a release before the views, the index and the added columns wrote it.
     with contextlib.closing(sqlite3.connect(path)) as conn:
         for sql in ("DROP VIEW run_summary", "DROP VIEW run_final", "DROP INDEX ix_metrics_split_name",
-                    "ALTER TABLE runs DROP COLUMN threads", "ALTER TABLE runs DROP COLUMN versions"):
+                    "ALTER TABLE runs DROP COLUMN threads", "ALTER TABLE runs DROP COLUMN versions",
+                    "DROP INDEX ix_runs_uid", "ALTER TABLE runs DROP COLUMN uid",
+                    "ALTER TABLE runs DROP COLUMN launcher", "ALTER TABLE runs DROP COLUMN scheduler_job_id",
+                    "ALTER TABLE runs DROP COLUMN attempts", "DROP TABLE schema_info"):
             conn.execute(sql)
 
 
