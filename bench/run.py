@@ -1,10 +1,11 @@
 """The entry point: `python -m bench.run [-m] key=value ...` trains one run per job.
 
 This module is the Hydra glue of one job: it reads what only Hydra knows (the job's number and
-place in the sweep, its overrides as typed, its folder, the launcher's parallelism) and hands the
-config to `runners.job.run_job`, which owns a job's life and documents what the database says at
-each step. A user's mistake is one line and exit 2 (`bench.cli.fail`). A single run ends with a
-one-line summary; a sweep's summary is the sweeper's (hydra_plugins/normbench_sweeper).
+place in the sweep, its overrides as typed, its folder, the launcher and its parallelism) and
+hands the config, with plain values, to `runners.job.run_job`, which owns a job's life and
+documents what the database says at each step. A user's mistake is one line and exit 2
+(`bench.cli.fail`). A single run ends with a one-line summary; a sweep's summary is the
+sweeper's (hydra_plugins/normbench_sweeper).
 """
 
 import logging
@@ -14,23 +15,52 @@ import time
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bench import cli
 from bench.errors import UserError
-from runners.validate import CONF_DIR, check_overrides
+from bench.launchers import jobs_at_once, scheduler_job_id, usable_cores
+from runners.overrides import check_overrides
+from runners.validate import CONF_DIR
 
 log = logging.getLogger("bench")
 
 
-def parallel_jobs() -> int:
-    """How many jobs run at once: the joblib launcher's n_jobs, else 1."""
+def launcher_name() -> str:
+    """The launcher that started this job (`hydra/launcher=NAME`); 'basic' for a run without -m,
+    which Hydra runs in this process whatever the launcher."""
     try:
-        launcher = HydraConfig.get().launcher
+        hc = HydraConfig.get()
+    except ValueError:
+        return "basic"
+    if hc.mode != RunMode.MULTIRUN:
+        return "basic"
+    return hc.runtime.choices.get("hydra/launcher") or "basic"
+
+
+def batch_jobs() -> int:
+    """How many jobs Hydra launched together with this one, this one included: its batch of the
+    sweep (`hydra.sweeper.max_batch_size` jobs at a time, the rest in the last; the whole
+    sweep when unset), as the sweeper splits it. 1 for a single run."""
+    try:
+        hc = HydraConfig.get()
     except ValueError:
         return 1
-    n = launcher.get("n_jobs", 1) if launcher is not None else 1
-    return n if isinstance(n, int) and n > 0 else 1
+    if hc.mode != RunMode.MULTIRUN:
+        return 1
+    total = int(hc.job.env_set.get(cli.SWEEP_JOBS_KEY, 1))
+    size = OmegaConf.select(hc, "sweeper.max_batch_size") or total
+    return max(1, min(size, total - hc.job.num // size * size))
+
+
+def parallel_jobs() -> int:
+    """How many jobs run on this machine at once, this one included (`threads=auto` divides
+    the cores among them): `bench.launchers.jobs_at_once` for this launcher and batch."""
+    try:
+        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs")
+    except ValueError:
+        return 1
+    return jobs_at_once(launcher_name(), batch_jobs(), usable_cores(), n_jobs)
 
 
 def job_label() -> str:
@@ -48,7 +78,7 @@ def job_label() -> str:
 
 def job_overrides() -> str:
     """This job's other command-line overrides (not in `runners.job.DESCRIBED`), as typed."""
-    from runners.job import DESCRIBED
+    from runners.job_log import DESCRIBED
 
     try:
         overrides = HydraConfig.get().overrides.task
@@ -84,7 +114,8 @@ def hydra_main(cfg: DictConfig) -> dict:
 
     try:
         result = run_job(cfg, label=job_label(), overrides=job_overrides(),
-                         parallel_jobs=parallel_jobs(), output_dir=output_dir())
+                         parallel_jobs=parallel_jobs(), output_dir=output_dir(),
+                         launcher=launcher_name(), scheduler_job_id=scheduler_job_id())
     except UserError as e:
         cli.fail(e)
     if HydraConfig.get().mode == RunMode.RUN:

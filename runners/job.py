@@ -4,12 +4,16 @@
    `bench.run` reports it as one line and removes the folders Hydra made for the command;
 2. the data is loaded and the task's `prepare` runs (the GAN metrics' classifier): a `UserError`
    here still writes no run;
-3. the run's row is written as 'running' just before training starts;
-4. metrics are written at the end of every epoch;
-5. the status becomes 'completed', 'diverged' (a training loss went NaN/inf, or broke a
-   `diverge` rule: `bench.divergence`; the sweep goes on) or 'failed' with the error (an
-   exception, Ctrl-C or SIGTERM; the other jobs of a sweep still run).
-A job killed with SIGKILL cannot write; the next sweep on that host marks its run 'failed'.
+3. the run's row is written as 'running' just before training starts (or, for a job its
+   scheduler requeued, the row of its earlier attempt is reopened: `runners.interrupts`);
+4. while it trains, a thread writes its heartbeat every `db.heartbeat.every_s` seconds, and
+   metrics are written at the end of every epoch;
+5. the heartbeat stops, and the status becomes 'completed', 'diverged' (a training loss went
+   NaN/inf, or broke a `diverge` rule: `bench.divergence`; the sweep goes on) or 'failed' with
+   the error (an exception, Ctrl-C or SIGTERM; the other jobs of a sweep still run).
+A job killed with SIGKILL cannot write: the next sweep on that host marks its run 'failed' (its
+process is gone), and so does the next sweep on any host, or `python -m db mark-stale`, once its
+heartbeat is older than `db.heartbeat.stale_after_s`.
 
 A sweep runs steps 1-2 for every job before the first one starts (`prepare_sweep`), so a bad
 value in the last job loses no work, each dataset is loaded (downloaded, cached) by one process,
@@ -21,79 +25,21 @@ it ended.
 """
 
 import logging
-import signal
-import threading
+import socket
 import time
-from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.divergence import DivergenceRule, train_losses
+from bench.divergence import DivergenceRule
 from bench.errors import Diverged, UserError, one_line
+from runners.interrupts import requeue_note, requeued, sigterm_as_exception
+from runners.job_log import DESCRIBED, describe, epoch_line  # noqa: F401 (DESCRIBED: bench.run's)
 from runners.validate import check_config
 
 # torch, the datasets and the database are imported inside the functions: a mistyped value is
 # then reported in well under a second instead of after torch's ~3 s import.
 
 log = logging.getLogger("bench")
-
-
-class Terminated(BaseException):
-    """SIGTERM turned into an exception, so the run's row is closed before the process ends."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated("terminated by SIGTERM")
-
-
-@contextmanager
-def sigterm_as_exception():
-    """Within the block, SIGTERM raises `Terminated` (only possible in the main thread: with
-    joblib's threading backend the job runs elsewhere and keeps the default handler)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# --- What a job logs ---------------------------------------------------------------------------
-
-def describe(cfg: DictConfig, device, threads: int, overrides: str = "") -> str:
-    """The settings a reader needs to tell jobs apart, the device and the thread count (CPU
-    results are reproducible only at the same thread count: runs.threads); `overrides`: the
-    job's other command-line overrides, as typed."""
-    ds = cfg.dataset
-    text = (f"{cfg.task.name} {ds.name}/{cfg.model.name} norm={cfg.norm.name} bs={cfg.bs} "
-            f"lr={cfg.lr:g} seed={cfg.seed} epochs={cfg.epochs} on {device}, "
-            f"{threads} thread{'s' if threads != 1 else ''}")
-    return f"{text} [{overrides}]" if overrides else text
-
-
-# Keys `describe` already shows, and db.url, which the sweep's first and last lines name.
-DESCRIBED = ("task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs", "device", "threads",
-             "db.url")
-
-# The test metrics the INFO line shows: each task's headline numbers (classify loss and acc,
-# autoencode loss = mse, the GAN's cfid); everything else is at DEBUG and in the database.
-MAIN_TEST_METRICS = ("loss", "acc", "cfid")
-
-
-def epoch_line(metrics: dict) -> str | None:
-    """'train loss 0.4123 | test loss 0.3012 acc 0.9011 | 12.3 s', None when nothing main."""
-    train = " ".join(f"{n} {v:.4g}" for n, v in train_losses(metrics).items())
-    test = " ".join(f"{n} {metrics['test', n]:.4g}" for n in MAIN_TEST_METRICS
-                    if ("test", n) in metrics)
-    if not (train or test):
-        return None
-    parts = [f"train {train}" if train else "", f"test {test}" if test else ""]
-    seconds = sum(metrics.get((s, "time_s"), 0.0) for s in ("train", "test"))
-    if seconds:
-        parts.append(f"{seconds:.1f} s")
-    return " | ".join(p for p in parts if p)
 
 
 # --- Steps 1-2 for a whole sweep ---------------------------------------------------------------
@@ -108,7 +54,8 @@ def prepare_sweep(jobs: list[tuple[DictConfig, str]]) -> tuple[list[str], set[st
     """Steps 1-2 for every (config, name) of a sweep before any job starts: each job checked
     (the error names the job), each distinct dataset loaded once (download and uint8 cache),
     each distinct task `prepare` done once, each database opened (schema created) and the runs a
-    killed process left 'running' on this host marked failed. Returns (dataset names, db URLs)."""
+    killed process left 'running' marked failed: on this host by process id, on any host once
+    their heartbeat is older than `db.heartbeat.stale_after_s`. Returns (dataset names, db URLs)."""
     from bench.data import load_dataset
     from bench.runtime import pick_device
     from db import ResultsDB
@@ -116,6 +63,7 @@ def prepare_sweep(jobs: list[tuple[DictConfig, str]]) -> tuple[list[str], set[st
     from runners.config import load_data
 
     datasets, prepares, urls = {}, {}, set()
+    silent_after = {}  # url -> db.heartbeat.stale_after_s, the longest of the jobs writing there
     for cfg, name in jobs:
         try:
             check_config(cfg)
@@ -123,6 +71,7 @@ def prepare_sweep(jobs: list[tuple[DictConfig, str]]) -> tuple[list[str], set[st
             raise UserError(f"{e} [job: {name}]") from None
         datasets[_dataset_key(cfg)] = cfg
         urls.add(cfg.db.url)
+        silent_after[cfg.db.url] = max(silent_after.get(cfg.db.url, 0), cfg.db.heartbeat.stale_after_s)
         prepares[OmegaConf.to_yaml({k: cfg[k] for k in ("task", "dataset", "data_root",
                                                          "device")})] = cfg
     for cfg in datasets.values():  # the whole dataset: its cache serves every subset
@@ -136,19 +85,26 @@ def prepare_sweep(jobs: list[tuple[DictConfig, str]]) -> tuple[list[str], set[st
             if stale := db.mark_stale_runs():
                 log.warning("marked %d runs failed that a killed process left running: %s",
                             len(stale), stale)
+            if silent := db.mark_silent_runs(silent_after[url], f"a sweep on {socket.gethostname()}"):
+                log.warning("marked %d runs failed whose heartbeat stopped over %g s ago "
+                            "(db.heartbeat.stale_after_s; a process on another host died?): %s",
+                            len(silent), silent_after[url], [run_id for run_id, _ in silent])
     return sorted({cfg.dataset.name for cfg in datasets.values()}), urls
 
 
 # --- A job: steps 1-5 --------------------------------------------------------------------------
 
 def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_jobs: int = 1,
-            output_dir: str | None = None) -> dict:
+            output_dir: str | None = None, launcher: str = "basic",
+            scheduler_job_id: str | None = None) -> dict:
     """Train the run `cfg` describes; return {'run_id', 'status'} (status 'skipped' with the
     completed run's id when resume finds this config done). label: 'job #3 (4 of 12)' in a
     sweep; overrides: for the first line; parallel_jobs: jobs running at once (threads=auto);
-    output_dir: the job's folder, recorded with the run."""
+    output_dir: the job's folder; launcher and scheduler_job_id (`bench.launchers`): recorded
+    with the run, and a requeued job continues the row of its earlier attempt."""
     check_config(cfg)  # before torch's import where it can (a mistyped value: one line, fast)
     from bench.config_hash import config_hash
+    from bench.heartbeat import Heartbeat
     from bench.runtime import pick_device, seed_everything, set_threads
     from db import ResultsDB
     from runners import RUNNERS
@@ -168,15 +124,26 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
                      "again): %s", f"{label}: " if label else "", done, what)
             return {"run_id": done, "status": "skipped"}
         runner.prepare(cfg, data, device)  # a UserError here writes no run
-        run_id = db.start_run(task=cfg.task.name, dataset=cfg.dataset.name, model=cfg.model.name,
-                              norm=cfg.norm.name, bs=cfg.bs, lr=cfg.lr, seed=cfg.seed,
-                              epochs=cfg.epochs, config=config, config_hash=digest,
-                              output_dir=output_dir, device=str(device), threads=threads)
+        earlier = (db.find_requeued(scheduler_job_id, digest, output_dir)
+                   if scheduler_job_id is not None else None)
+        if earlier is not None:
+            run_id, attempt = earlier, db.restart_run(earlier, device=str(device), threads=threads)
+            what += (f"; attempt {attempt}: the scheduler requeued this job, training restarts "
+                     "at epoch 1 and the earlier attempt's metrics were removed")
+        else:
+            run_id, attempt = db.start_run(
+                task=cfg.task.name, dataset=cfg.dataset.name, model=cfg.model.name,
+                norm=cfg.norm.name, bs=cfg.bs, lr=cfg.lr, seed=cfg.seed, epochs=cfg.epochs,
+                config=config, config_hash=digest, output_dir=output_dir, device=str(device),
+                threads=threads, launcher=launcher, scheduler_job_id=scheduler_job_id), 1
         log.info("%srun id %d: %s", f"{label} = " if label else "", run_id, what)
         diverged = DivergenceRule(cfg.task.name, cfg.diverge.factor, cfg.diverge.max_loss)
+        epochs_done = 0
 
         def log_epoch(epoch: int, metrics: dict, artifacts: dict[str, str] | None = None) -> None:
+            nonlocal epochs_done
             db.log_epoch(run_id, epoch, metrics)
+            epochs_done = max(epochs_done, epoch)
             for kind, path in (artifacts or {}).items():
                 db.add_artifact(run_id, kind, path)
             if (line := epoch_line(metrics)) is not None:
@@ -188,15 +155,22 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
 
         t0 = time.perf_counter()
         try:
-            with sigterm_as_exception():
+            # Leaving the block stops the heartbeat (joined) before the final status is written.
+            with Heartbeat(lambda: db.beat(run_id), cfg.db.heartbeat.every_s,
+                           name=f"heartbeat of run id {run_id}"), sigterm_as_exception(launcher):
                 runner.run(cfg, data, device, log_epoch)
         except Diverged as e:
             db.finish(run_id, "diverged", str(e))
             log.warning("run id %d diverged: %s", run_id, e)
             return {"run_id": run_id, "status": "diverged", "error": str(e)}
         except BaseException as e:
-            db.finish(run_id, "failed", one_line(e))
-            log.error("run id %d failed: %s", run_id, one_line(e))
+            if requeued(e, launcher):  # submitit's exit: one line here, no traceback anywhere
+                note = requeue_note(epochs_done, cfg.epochs, attempt)
+                db.finish(run_id, "failed", note)
+                log.warning("run id %d: %s", run_id, note)
+            else:
+                db.finish(run_id, "failed", one_line(e))
+                log.error("run id %d failed: %s", run_id, one_line(e))
             raise
         db.finish(run_id, "completed")
         return {"run_id": run_id, "status": "completed", "seconds": time.perf_counter() - t0}

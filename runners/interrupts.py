@@ -1,0 +1,61 @@
+"""How a job is stopped from outside, and what each way means for its run's row:
+
+- SIGTERM (`kill`, a scheduler's cancel) and Ctrl-C: the run is 'failed' ("terminated by
+  SIGTERM" / KeyboardInterrupt), written before the process ends;
+- submitit's requeue: a SLURM job near its time limit, or preempted, gets SIGUSR2 (`--signal`,
+  submitit's `signal_delay_s`); submitit_local's controller sends the same signal
+  `signal_delay_s` (30) seconds before `timeout_min`. submitit's handler then requeues the job
+  (`scontrol requeue`, or the local controller starts it again) and ends this attempt with
+  `SystemExit` (exit code 144 locally, -1 under SLURM), raised in the middle of training. The
+  next attempt runs the same job from the start and continues in the same row
+  (`ResultsDB.find_requeued`, `restart_run`). Where submitit does not requeue (timed out more
+  than `max_num_timeout` times) it raises `UncompletedJobError` instead: the run is 'failed'.
+"""
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+from bench.launchers import SUBMITIT
+
+
+class Terminated(BaseException):
+    """SIGTERM turned into an exception, so the run's row is closed before the process ends."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
+@contextmanager
+def sigterm_as_exception(launcher: str = "basic"):
+    """Within the block, SIGTERM raises `Terminated` (only possible in the main thread: with
+    joblib's threading backend the job runs elsewhere and keeps the default handler).
+
+    Not under submitit, whose handler logs SIGTERM and goes on: on a preemption SLURM sends
+    SIGTERM before the signal that makes submitit requeue the job (https://slurm.schedmd.com/
+    preempt.html; why submitit ignores it: facebookincubator/submitit issue #1677), so ending
+    the run at SIGTERM would lose the requeue."""
+    if threading.current_thread() is not threading.main_thread() or launcher in SUBMITIT:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def requeued(e: BaseException, launcher: str) -> bool:
+    """`e` ended this attempt because submitit requeued the job: its signal handler's exit.
+    Nothing else in a run raises SystemExit (`bench.cli.fail` runs only outside training)."""
+    return launcher in SUBMITIT and isinstance(e, SystemExit)
+
+
+def requeue_note(epochs_done: int, epochs: int, attempt: int) -> str:
+    """The interrupted attempt's one line, also the row's `error` until the next attempt starts."""
+    sig = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")  # submitit's setting
+    return (f"requeued by submitit after {sig} (time limit or preemption) with {epochs_done} of "
+            f"{epochs} epochs done in attempt {attempt}; the next attempt continues in this row "
+            "and restarts at epoch 1")
