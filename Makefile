@@ -6,7 +6,7 @@ DB ?= results/bench.db
 REPORT ?= reports
 .DEFAULT_GOAL := help
 
-.PHONY: help install data browser test test-all test-browser demo preset report report-check bench-report lint clean
+.PHONY: help install data browser test test-all test-browser demo preset report report-check bench-report bench-db lint clean test-postgres
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ test: install ## the fast tests (under 2 minutes on 2 idle cores)
 test-all: install ## every test, the slow ones too
 	$(PY) -m pytest -n 2 -q
 
+test-postgres: install ## the PostgreSQL tests, failing instead of skipping without a server (NORMBENCH_TEST_PG=URL to pick one)
+	NORMBENCH_REQUIRE_POSTGRES=1 $(PY) -m pytest -q -n 0 tests/test_postgres.py
+
 test-browser: install ## the report rendered in headless Chromium (skipped without /usr/bin/chromium)
 	$(PY) -m pytest -m slow -q tests/test_report.py -k chromium
 
@@ -71,6 +74,9 @@ report-check: report ## open reports/index.html in headless Chromium; fails if i
 
 bench-report: install ## time the report on 5,000 synthetic runs (2 M metric rows; target < 60 s)
 	$(PY) -m analysis.benchmark
+
+bench-db: install ## metric rows/s of 8 parallel writers, SQLite vs PostgreSQL at 127.0.0.1:5432 (PG=URL)
+	$(PY) -m db.benchmark $(if $(PG),--pg $(PG))
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

@@ -2,7 +2,9 @@
 
 Every command opens the database with `db.engine.open_readonly`: read-only at the connection
 level, never creating or changing anything, so `python -m db query "DELETE FROM runs"` fails
-inside the database, whatever the SQL says.
+inside the database, whatever the SQL says. The exception is `merge` (db/merge.py), which reads
+its shards that way and writes only the database named by --into, and `mark-stale`
+(db/mark_stale.py), which marks dead runs failed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import sys
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from bench.errors import UserError, one_line, squash
-from db.engine import open_readonly
+from bench.errors import UserError, squash
+from db.engine import open_readonly, reader_error
+from db.mark_stale import add_parser as add_mark_stale
+from db.mark_stale import mark_stale
+from db.merge import merge
 from db.views import FINAL_SELECT
 
 DEFAULT_URL = "sqlite:///results/bench.db"  # the training command's db.url (conf/config.yaml)
@@ -170,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("what", choices=sorted(EXPORTS), help="runs, metrics (every epoch) or final "
                         "(each metric's last epoch, as the run_final view)")
     export.add_argument("--out", "-o", metavar="FILE", help="write here instead of standard output")
+    merge = sub.add_parser("merge", help="copy the runs of per-job databases (shards) into one; "
+                           "writes only --into")
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="an SQLite file or a database URL")
+    merge.add_argument("--into", required=True, metavar="URL", help="the database to merge into "
+                       "(created if missing), e.g. sqlite:///results/bench.db")
+    add_mark_stale(sub, common, whole_number("a whole number of seconds >= 1", 1))
     return p
 
 
@@ -180,6 +191,12 @@ def main(argv=None, out=None) -> int:
     args = parser().parse_args(argv)
     out = out or sys.stdout
     try:
+        if args.command == "merge":  # writes only --into: db/merge.py
+            merge(args.shards, args.into, out)
+            return 0
+        if args.command == "mark-stale":  # writes: db/mark_stale.py
+            mark_stale(args.db, args.after, out)
+            return 0
         engine = open_readonly(args.db)
         with engine.connect() as conn:
             COMMANDS[args.command](args, conn, out)
@@ -187,10 +204,7 @@ def main(argv=None, out=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except DBAPIError as e:
-        why = one_line(e, with_type=False)
-        if any(s in why for s in ("readonly", "read-only", "not authorized")):
-            why = f"the database is opened read-only and was not changed ({why})"
-        print(f"error: {why}", file=sys.stderr)
+        print(f"error: {reader_error(e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         raise  # the reader went away (`| head`): db/__main__.py exits quietly

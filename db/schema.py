@@ -20,10 +20,12 @@ Table ``runs``
                   SQLite, ``config->'optim'->>'wd'`` in PostgreSQL).
     config_hash   64 hex chars identifying the config; equal hashes mean the same experiment.
     output_dir    the job's output directory (Hydra job dir), or NULL.
-    started_at    when the run started.
+    started_at    when the run's latest attempt started (see ``attempts``).
     ended_at      when it ended, NULL while running.
-    heartbeat_at  last time the run wrote metrics (or started); a 'running' row with an old
-                  heartbeat is probably dead.
+    heartbeat_at  written at the start, at each epoch's end and every ``db.heartbeat.every_s``
+                  seconds while training (a thread of the run's process); a 'running' row older
+                  than ``db.heartbeat.stale_after_s`` is taken for dead and marked 'failed'
+                  (``ResultsDB.mark_silent_runs``, ``python -m db mark-stale``).
     duration_s    ended_at - started_at in seconds; NULL while running, and for a run whose
                   process died (its end time is unknown: ended_at is when that was noticed).
     host          hostname of the machine that ran it.
@@ -40,7 +42,8 @@ Table ``runs``
                   SQLite, ``versions::json->>'numpy'`` in PostgreSQL). NULL in rows written
                   before it existed.
     code_version  ``git describe --always --dirty --tags`` of the code, else the package version.
-    error         why the run failed or diverged, else NULL.
+    error         why the run failed or diverged, else NULL; while a requeued scheduler job waits
+                  for its next attempt, the requeue note.
     uid           a random 32-hex-digit id given when the row is written: the run's identity across
                   databases (``python -m db merge`` copies a shard's run once, whatever its id).
                   NULL in rows written before it existed.

@@ -5,84 +5,18 @@ Opening the file safely for many processes is `db.engine`'s job; this module onl
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import json
 import math
 import os
-import platform
 import socket
-import subprocess
-import sys
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 
 from bench.errors import choices
 from db.engine import open_engine
+from db.provenance import code_version, torch_version, versions_json
 from db.schema import FINAL_STATUSES, Artifact, Metric, Run
-
-
-@functools.cache
-def code_version() -> str:
-    """`git describe` of the checkout holding this package, else the installed version."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / ".git").exists():  # not an unrelated repo that merely contains site-packages
-        try:
-            out = subprocess.run(
-                ["git", "describe", "--always", "--dirty", "--tags"],
-                cwd=root, capture_output=True, text=True, timeout=5, check=True,
-                # --dirty may refresh .git/index; parallel jobs must not fight over index.lock.
-                env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-            )
-            return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass  # no git, no commit yet, or too slow
-    try:
-        return importlib.metadata.version("normbench")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _torch_version() -> str:
-    # `import torch` takes ~3.6 s here; a training process has it loaded already, and the
-    # installed package's metadata gives the same string without importing it.
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return str(torch.__version__)
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-# The distributions whose versions change what a run computes (torch's and torchvision's kernels
-# and transforms, numpy's and scipy's numerics, torchmetrics' FID, scikit-learn's and pillow's
-# datasets and image decoding) or how its config is composed (hydra-core, omegaconf), and the
-# database layer that stores the numbers (sqlalchemy).
-VERSIONED = ("torch", "torchvision", "numpy", "scipy", "torchmetrics", "scikit-learn", "pillow",
-             "hydra-core", "omegaconf", "sqlalchemy")
-
-
-@functools.cache
-def _versions_json() -> str:
-    # Installed metadata, not `import`: importing torch or scipy only to read a version takes
-    # seconds; the metadata gives the same strings, once per process.
-    versions = {}
-    for name in VERSIONED:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    versions["python"] = platform.python_version()
-    return json.dumps(versions)
-
-
-def library_versions() -> dict[str, str]:
-    """{distribution name: version} of `VERSIONED` ('not installed' if absent), and 'python'."""
-    return json.loads(_versions_json())
 
 
 def _now() -> datetime:
@@ -131,7 +65,7 @@ class ResultsDB:
             config_hash=config_hash, output_dir=None if output_dir is None else str(output_dir),
             started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=os.getpid(),
             device=str(device), threads=None if threads is None else int(threads),
-            torch_version=_torch_version(), versions=_versions_json(), code_version=code_version(),
+            torch_version=torch_version(), versions=versions_json(), code_version=code_version(),
             uid=uuid.uuid4().hex, launcher=launcher, scheduler_job_id=scheduler_job_id, attempts=1,
         )
         with self.engine.begin() as conn:
@@ -222,6 +156,66 @@ class ResultsDB:
                     )
                 )
         return [run_id for run_id, _ in dead]
+
+    def beat(self, run_id: int) -> bool:
+        """Write the heartbeat of run `run_id` if it is still 'running'; True if it was."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(Run).where(Run.id == int(run_id), Run.status == "running")
+                                .values(heartbeat_at=_now())).rowcount == 1
+
+    def mark_silent_runs(self, after_s: float, by: str) -> list[tuple[int, str]]:
+        """Mark 'failed' the 'running' runs of any host whose heartbeat is older than `after_s`
+        seconds; returns [(id, error)]. `by` says who marked them ('python -m db mark-stale on
+        host h'). A live run writes its heartbeat every db.heartbeat.every_s seconds."""
+        now = _now()
+        cutoff = now - timedelta(seconds=float(after_s))
+        marked = []
+        with self.engine.begin() as conn:
+            silent = (Run.status == "running", Run.heartbeat_at < cutoff)
+            rows = conn.execute(select(Run.id, Run.host, Run.pid, Run.heartbeat_at).where(*silent)).all()
+            for run_id, host, pid, beat in rows:
+                error = (f"no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC (host {host}, pid {pid}): "
+                         f"marked failed by {by} at {now:%Y-%m-%d %H:%M:%S} UTC")
+                # Still silent when written (PostgreSQL's READ COMMITTED: a beat may land between).
+                if conn.execute(update(Run).where(Run.id == run_id, *silent)
+                                .values(status="failed", ended_at=now, error=error)).rowcount:
+                    marked.append((run_id, error))
+        return marked
+
+    def find_requeued(self, scheduler_job_id: str, config_hash: str,
+                      output_dir: str | None) -> int | None:
+        """The run an earlier attempt of this scheduler job left unfinished (it was requeued, or
+        killed), else None: the same job id, config and job folder, not completed or diverged."""
+        with self._reader.connect() as conn:
+            return conn.scalar(
+                select(Run.id)
+                .where(Run.scheduler_job_id == str(scheduler_job_id),
+                       Run.config_hash == config_hash,
+                       Run.output_dir.is_(None) if output_dir is None
+                       else Run.output_dir == str(output_dir),
+                       Run.status.in_(("running", "failed")))
+                .order_by(Run.id.desc())
+                .limit(1)
+            )
+
+    def restart_run(self, run_id: int, *, device: str = "cpu", threads: int | None = None) -> int:
+        """Continue run `run_id` in a new attempt of its scheduler job, in this process: status
+        'running' again, attempts + 1, and the earlier attempts' metrics and artifacts removed,
+        since training restarts at epoch 1. Returns the attempt's number."""
+        run_id, now = int(run_id), _now()
+        with self.engine.begin() as conn:
+            conn.execute(delete(Metric).where(Metric.run_id == run_id))
+            conn.execute(delete(Artifact).where(Artifact.run_id == run_id))
+            done = conn.execute(
+                update(Run).where(Run.id == run_id).values(
+                    status="running", epochs_done=0, started_at=now, heartbeat_at=now,
+                    ended_at=None, duration_s=None, error=None, host=socket.gethostname(),
+                    pid=os.getpid(), device=str(device),
+                    threads=None if threads is None else int(threads),
+                    attempts=func.coalesce(Run.attempts, 1) + 1))
+            if done.rowcount != 1:
+                raise ValueError(f"no run with id {run_id}")
+            return conn.scalar(select(Run.attempts).where(Run.id == run_id))
 
     def close(self) -> None:
         self.engine.dispose()

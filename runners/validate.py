@@ -1,12 +1,13 @@
 """Bad input, caught before any work starts and reported as one line.
 
-Two places: `check_overrides` reads the command line before Hydra composes anything (so an unknown
-group option gets our one-line message, not Hydra's multi-line one), and `check_config` checks a
-composed job config. A sweep runs `check_config` on every job before the first one starts
-(`runners.job.prepare_sweep`), so a bad value in a sweep loses no work.
+Two places: `runners.overrides.check_overrides` reads the command line before Hydra composes
+anything, and `check_config` here checks a composed job config. A sweep runs `check_config` on
+every job before the first one starts (`runners.job.prepare_sweep`), so a bad value in a sweep
+loses no work.
 """
 
 import numbers
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,7 @@ from bench.checks import (
     require_numbers,
 )
 from bench.errors import UserError, choices
+from bench.heartbeat import check_heartbeat
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("task", "dataset", "model", "norm", "optim", "sched", "experiment")
@@ -30,72 +32,28 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def check_overrides(args: list[str]) -> None:
-    """Reject, before Hydra composes anything, an unknown option of a config group and an unknown
-    key anywhere in the command line's overrides."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+# A URL inside an override's text: SQLAlchemy's `scheme://` start, up to what ends a value in
+# Hydra's grammar (a comma between sweep values, a quote or a closing bracket).
+URL_IN_TEXT = re.compile(r"[A-Za-z][\w+]*://[^\s,'\"}\])]*")
 
-    candidates = [a for a in args if "=" in a and not a.startswith("-")]
+
+def check_no_password(url) -> None:
+    """Refuse a db.url that holds a password. The URL is part of the run's config, which is
+    stored where anyone who reads the results sees it (runs.config, `python -m db show`, Hydra's
+    .hydra/*.yaml and multirun.yaml). libpq, under psycopg, reads the password from PGPASSWORD or
+    ~/.pgpass by itself (https://www.postgresql.org/docs/15/libpq-pgpass.html), so it never needs
+    to be in the URL. Not a URL at all: `check_config` says so."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except HydraException:
-        return  # a syntax error: Hydra reports it with the position of the mistake
-    chosen = _check_group_options(overrides)
-    _check_keys(overrides, chosen)
-
-
-def _check_group_options(overrides) -> dict[str, list[str]]:
-    """Each group's options named on the command line (all values of a sweep), all known."""
-    chosen = {}
-    for o in overrides:
-        group = o.key_or_group.lstrip("+~")
-        if group not in GROUPS or o.is_delete():
-            continue
-        if o.is_sweep_override():
-            if o.value_type is not None and o.value_type.name == "GLOB_CHOICE_SWEEP":
-                continue
-            values = list(o.sweep_string_iterator())
-        else:
-            values = [o.get_value_element_as_str()]
-        allowed = group_options(group)
-        for v in values:
-            if not (group == "experiment" and v == "null"):
-                require_name(group, v, allowed)
-        chosen[group] = values
-    return chosen
-
-
-def _check_keys(overrides, chosen: dict[str, list[str]]) -> None:
-    """An override of a key that no config has (`norm.gropus=4`, `bss=2`) is a one-line error,
-    checked against every combination of the group options the command line sweeps over."""
-    import itertools
-
-    from hydra import compose, initialize_config_dir
-
-    # `+key=` adds a key on purpose and `~key` deletes one: Hydra's business, not checked here.
-    keys = [o.key_or_group for o in overrides if o.key_or_group not in GROUPS
-            and not o.key_or_group.startswith("hydra") and "/" not in o.key_or_group
-            and o.package is None
-            and not (o.is_add() or o.is_force_add() or o.is_delete())]
-    if not keys:
+        parsed = make_url(str(url))
+    except ArgumentError:
         return
-    groups = sorted(chosen)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for combo in itertools.product(*(chosen[g] for g in groups)):
-            cfg = compose("config", overrides=[f"{g}={v}" for g, v in zip(groups, combo,
-                                                                            strict=True)])
-            for key in keys:
-                parent, _, leaf = key.rpartition(".")
-                node = OmegaConf.select(cfg, parent) if parent else cfg
-                if not OmegaConf.is_dict(node) or leaf not in node:
-                    # Name the options that decide whether the key exists: its own group's
-                    # (norm.groups: norm=bn) and a preset's, which may add keys anywhere.
-                    where = " ".join(f"{g}={v}" for g, v in zip(groups, combo, strict=True)
-                                     if g in (key.split(".")[0], "experiment"))
-                    known = choices(node.keys()) if OmegaConf.is_dict(node) else "none"
-                    raise UserError(f"unknown setting '{key}'{' with ' + where if where else ''} "
-                                    f"(allowed{' in ' + parent if parent else ''}: {known})")
+    if parsed.password is not None:
+        fail("db.url", parsed.render_as_string(hide_password=True), "contains a password",
+             "a URL without one; put the password in ~/.pgpass or PGPASSWORD instead, see the "
+             "README")
 
 
 # The smallest image size each model is checked to take. convnet, cnn4, resnet18 and conv_ae pass
@@ -142,6 +100,7 @@ def _check_plain_values(cfg: DictConfig) -> None:
         require_choice(key, cfg[key], ("auto", True, False))
     require_bool("resume", cfg.resume)
     require_int("threads", cfg.threads, lo=1, or_words=("auto",))
+    check_heartbeat(cfg.db.heartbeat.every_s, cfg.db.heartbeat.stale_after_s)
     ds = cfg.dataset
     require_bool("dataset.download", ds.download)
     require_bool("dataset.augment.flip", ds.augment.flip)
@@ -188,7 +147,10 @@ def check_config(cfg: DictConfig) -> None:
     """Every check that needs no training: names, ranges, batch size vs data, the model builds.
 
     The checks of plain values come first and import nothing heavy, so `bs=0` is reported in
-    about a second; torch (~3 s to import) comes in for the checks that need it."""
+    about a second; torch (~3 s to import) comes in for the checks that need it. A password in
+    db.url (from a preset, `db={...}` or an interpolation) is checked first; Hydra has written
+    the job's files by then, and `bench.cli.fail` removes them."""
+    check_no_password(cfg.db.url)
     check_diverge(cfg)
     _check_plain_values(cfg)
 

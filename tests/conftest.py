@@ -57,14 +57,15 @@ def _check(proc, check_rc):
     return proc
 
 
-def run_bench_subprocess(cwd: Path, *args, db="bench.db", timeout=600, check_rc=None):
+def run_bench_subprocess(cwd: Path, *args, db="bench.db", timeout=600, check_rc=None, env=None):
     """`python -m bench.run ARGS` in a new process in `cwd`; db.url defaults to the file `db`
-    there. For what only a real process shows: the exit code the OS sees, signals, and the
-    joblib launcher (its loky workers write to the process's own stdout, and a worker reused
-    from an earlier test would keep that test's working directory)."""
+    there; `env`: more environment variables (PGPASSWORD). For what only a real process shows:
+    the exit code the OS sees, signals, and the joblib launcher (its loky workers write to the
+    process's own stdout, and a worker reused from an earlier test would keep that test's
+    working directory)."""
     cmd = [sys.executable, "-m", "bench.run", *bench_args(cwd, args, db)]
-    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **bench_env(cwd)}, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **bench_env(cwd), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
     return _check(proc, check_rc)
 
 
@@ -198,6 +199,17 @@ def run_bench(cwd: Path, *args, db="bench.db", timeout=600, check_rc=None):
     """`python -m bench.run ARGS` in `cwd`, in this process (`run_main`), with the tests'
     defaults (`bench_args`): db.url defaults to the file `db` there."""
     return _check(run_main(cwd, *bench_args(cwd, args, db), timeout=timeout), check_rc)
+
+
+@pytest.fixture
+def pg_url():
+    """The URL of a new, empty PostgreSQL database of this test's own (tests/pg.py), dropped
+    afterwards even when the test fails. Skipped when no server answers; failed instead under
+    NORMBENCH_REQUIRE_POSTGRES=1 (CI)."""
+    import pg
+
+    with pg.database() as name:
+        yield pg.url_of(name)
 
 
 @pytest.fixture(scope="session")

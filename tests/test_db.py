@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from bench.errors import UserError
-from db import ResultsDB, Run, store
+from db import ResultsDB, Run, provenance
 from db.engine import open_readonly, schema_version
 from db.schema import SCHEMA_VERSION
 
@@ -334,8 +334,8 @@ def test_versions_are_read_once_per_process_and_absent_ones_named(tmp_path, monk
         return real(name)
 
     monkeypatch.setattr(importlib.metadata, "version", version)
-    monkeypatch.setattr(store, "VERSIONED", ("numpy", "no-such-distribution-normbench"))
-    store._versions_json.cache_clear()
+    monkeypatch.setattr(provenance, "VERSIONED", ("numpy", "no-such-distribution-normbench"))
+    provenance.versions_json.cache_clear()
     try:
         with ResultsDB(f"sqlite:///{tmp_path / 'r.db'}") as db:
             db.start_run(**RUN)
@@ -345,7 +345,7 @@ def test_versions_are_read_once_per_process_and_absent_ones_named(tmp_path, monk
         missing = [json.loads(r["versions"])["no-such-distribution-normbench"] for r in rows]
         assert missing == ["not installed"] * 2
     finally:
-        store._versions_json.cache_clear()  # the other tests see the real list again
+        provenance.versions_json.cache_clear()  # the other tests see the real list again
 
 
 def test_versions_added_to_a_file_written_before_the_column(tmp_path):

@@ -208,7 +208,8 @@ def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys):
     (["runs", "--limit", "abc"], "argument --limit: 'abc' is not allowed (allowed: a whole number >= 0"),
     (["runs", "--limit", "-1"], "'-1' is not allowed"),
     (["export", "nope"], "invalid choice: 'nope' (choose from 'final', 'metrics', 'runs')"),
-    (["nope"], "invalid choice: 'nope' (choose from 'runs', 'show', 'query', 'export')"),
+    (["nope"], "invalid choice: 'nope' (choose from 'runs', 'show', 'query', 'export', 'merge', "
+              "'mark-stale')"),
     ([], "the following arguments are required: COMMAND (try `python -m db --help`)"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(db_path, capsys, argv, allowed):

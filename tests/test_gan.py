@@ -385,6 +385,7 @@ def test_bad_gan_input_is_one_line_nonzero_and_writes_nothing(bench, tmp_path, o
     assert query(tmp_path / "bench.db", "select * from runs") == before
 
 
+@pytest.mark.slow  # 15 s; the in-process multirun above checks "once, by the sweeper" in make test
 def test_a_parallel_sweep_trains_the_metrics_classifier_once_before_any_job(tmp_path):
     # A subprocess: only there do the loky workers' log lines reach the output counted here (in
     # this process they would go to pytest's own stdout, and "once" would not be checked).

@@ -5,7 +5,8 @@ import shlex
 import pytest
 from conftest import compose_config, run_main
 
-from runners.validate import GROUPS, check_overrides, group_options
+from runners.overrides import check_overrides
+from runners.validate import GROUPS, group_options
 
 
 @pytest.fixture(scope="module")

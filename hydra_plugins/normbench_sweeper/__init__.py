@@ -27,22 +27,27 @@ below).
 """
 
 import logging
+import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict, read_write
 
 log = logging.getLogger("bench")
 
-# The loggers of Hydra's two launchers (basic, joblib), which log "\t#N : overrides" per job.
+# The loggers of the launchers (basic, joblib, submitit_local and submitit_slurm), which log
+# "\t#N : overrides" per job.
 LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher",
-                    "hydra_plugins.hydra_joblib_launcher._core")
+                    "hydra_plugins.hydra_joblib_launcher._core",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
 HYDRA_JOB_LINE = re.compile(r"\s*#\d+ : ")
 
 
@@ -73,6 +78,35 @@ def grid_jobs(params: dict | None, grids: list[dict], arguments: list[str],
     return jobs
 
 
+def as_launched(cfg, num: int):
+    """`cfg`, a job's config as the sweeper composed it, with the job's number and folder set as
+    every launcher sets them (its first job's index + the job's place; sweep.dir/sweep.subdir),
+    and db.url resolved under them. A per-job URL (`db.url='sqlite:///shards/job_${hydra:job.num}
+    .db'`) reads Hydra's config of the job, which otherwise exists only once the job runs:
+    `prepare_sweep` then failed with "HydraConfig was not set" instead of opening each job's own
+    database."""
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.num = num
+        cfg.hydra.runtime.output_dir = os.path.abspath(os.path.join(
+            OmegaConf.select(cfg, "hydra.sweep.dir"), OmegaConf.select(cfg, "hydra.sweep.subdir")))
+    hydra_config, before = HydraConfig.instance(), HydraConfig.instance().cfg
+    hydra_config.set_config(cfg)
+    try:
+        url = cfg.db.url
+    finally:
+        hydra_config.cfg = before
+    with read_write(cfg), open_dict(cfg):
+        cfg.db.url = url
+    return cfg
+
+
+def scheduler_gave_up(r: JobReturn) -> bool:
+    """The failed job `r` was ended by submitit, not by an error of its own: timed out more
+    often than `max_num_timeout` allows (`UncompletedJobError`, raised by submitit's requeue
+    handler: runners/interrupts.py)."""
+    return type(r._return_value).__name__ == "UncompletedJobError"
+
+
 def _not_a_job_line(record: logging.LogRecord) -> bool:
     return not HYDRA_JOB_LINE.match(record.getMessage())
 
@@ -89,7 +123,9 @@ def quiet_hydra_job_lines() -> None:
 
 def summary(returns: Sequence[JobReturn], total: int, urls: set[str]) -> list[str]:
     """The sweep's last lines: how each job ended, where the results are, what to run next."""
-    from bench.cli import next_command, shown_url
+    from sqlalchemy.engine import make_url
+
+    from bench.cli import DEFAULT_DB_URL, next_command, shown_url
 
     counts = {k: [] for k in ("completed", "diverged", "failed", "skipped")}
     for r in returns:
@@ -105,9 +141,15 @@ def summary(returns: Sequence[JobReturn], total: int, urls: set[str]) -> list[st
                                                          if counts["skipped"] else ""))
     if total > len(returns):
         parts.append(f"{total - len(returns)} not started (the sweep stopped at a failed batch)")
-    where = ", ".join(sorted(shown_url(u) for u in urls))
+    urls = sorted(urls, key=lambda u: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", u)])
+    where = ", ".join(shown_url(u) for u in urls)  # job_2 before job_10
     lines = [f"sweep done, {total} jobs: {', '.join(parts)}; results in {where}"]
-    lines += [f"next: {next_command(u)}" for u in sorted(urls)]
+    files = [make_url(u).database for u in urls if make_url(u).get_backend_name() == "sqlite"]
+    if len(urls) > 1 and len(files) == len(urls):  # e.g. a shard per job: one database to report on
+        lines.append(f"next: python -m db merge {shlex.join(files)} --into {DEFAULT_DB_URL}, "
+                     "then make report")
+    else:
+        lines += [f"next: {next_command(u)}" for u in urls]
     return lines
 
 
@@ -152,8 +194,14 @@ class ValidatingSweeper(BasicSweeper):
             raise
         for line in summary(done, total, self._urls):
             log.info(line)
+        gave_up = [r for r in done if r.status == JobStatus.FAILED and scheduler_gave_up(r)]
+        for r in gave_up:  # the scheduler's decision, not a bug: one line, no traceback
+            log.error("job #%d failed: %s", r.hydra_cfg.hydra.job.num, r._return_value)
         for r in done:
-            _ = r.return_value  # a failed job's exception: Hydra reports it and exits with 1
+            if not any(r is g for g in gave_up):
+                _ = r.return_value  # a failed job's exception: Hydra reports it and exits with 1
+        if gave_up:
+            raise SystemExit(1)
         return returns
 
     def split_arguments(self, overrides, max_batch_size):  # shadows BasicSweeper's staticmethod
@@ -172,8 +220,9 @@ class ValidatingSweeper(BasicSweeper):
         # Composing each job is what Hydra's own check does; a composition error propagates from
         # here exactly as it would from there.
         loader = self.hydra_context.config_loader
-        jobs = [(loader.load_sweep_config(self.config, list(overrides)),
-                 " ".join(unescape(o) for o in overrides)) for overrides in batch]
+        first = sum(len(b) for b in self.overrides[:self.batch_index - 1])  # jobs launched before
+        jobs = [(as_launched(loader.load_sweep_config(self.config, list(overrides)), first + i),
+                 " ".join(unescape(o) for o in overrides)) for i, overrides in enumerate(batch)]
         try:
             datasets, urls = prepare_sweep(jobs)
         except UserError as e:
