@@ -67,8 +67,8 @@ def _open_shard(shard: str):
                         f"{SCHEMA_VERSION}: update normbench to merge it")
     raise UserError(
         f"shard {shard!r} has schema version {version} and this code writes {SCHEMA_VERSION} (merge "
-        f"does not mix versions): upgrade the shard first, which only adds nullable columns and the "
-        f"schema_info table, e.g. python -c \"from db.engine import open_engine; "
+        f"does not mix versions): upgrade the shard first, which only adds nullable columns and "
+        f"tables (db/migrations), e.g. python -c \"from db.engine import open_engine; "
         f"open_engine('{shard_url(shard)}')\"")
 
 

@@ -74,7 +74,7 @@ def _authorize(action, arg1, arg2, _db, _trigger):
     return sqlite3.SQLITE_OK
 
 
-def _is_wal_file(path: Path) -> bool:
+def is_wal_file(path: Path) -> bool:
     # Bytes 18 and 19 of an SQLite header (the file format's write and read versions) are 2 in
     # WAL mode, 1 in a rollback journal mode.
     try:
@@ -99,7 +99,7 @@ def reader_uri(path: Path) -> str:
         # (Closing last, it also checkpoints what a writer that closed before it left in the
         # -wal: that writer's committed rows, as the writer itself would have.)
         return uri + "?mode=rw"
-    if _is_wal_file(path):
+    if is_wal_file(path):
         # mode=ro cannot open a WAL file without its -shm, which it cannot create here. No -wal:
         # no connection has the file open, and one that cannot write it is an archived copy
         # (our writer refuses a directory it cannot write): read it as a file nothing changes.

@@ -195,11 +195,14 @@ def test_open_is_idempotent_and_writes_no_rows(tmp_path):
     ResultsDB(url).close()
     ResultsDB(url).close()
     tables = _sql(tmp_path / "r.db", "SELECT name FROM sqlite_master WHERE type = 'table'")
-    assert sorted(t["name"] for t in tables) == ["artifacts", "metrics", "runs", "schema_info"]
+    assert sorted(t["name"] for t in tables) == ["alembic_version", "artifacts", "metrics", "runs",
+                                                 "schema_info"]
     assert _sql(tmp_path / "r.db", "SELECT (SELECT count(*) FROM runs) + "
                                    "(SELECT count(*) FROM metrics) AS n") == [dict(n=0)]
     # Opened twice, the version is written once.
     assert _sql(tmp_path / "r.db", "SELECT version FROM schema_info") == [dict(version=SCHEMA_VERSION)]
+    assert _sql(tmp_path / "r.db", "SELECT version_num FROM alembic_version") == [
+        dict(version_num=f"{SCHEMA_VERSION:04d}")]
 
 
 @pytest.mark.parametrize("url", [
@@ -252,10 +255,13 @@ def test_threads_recorded_and_added_to_a_file_written_before_the_column(tmp_path
     db = ResultsDB(f"sqlite:///{path}")
     first = db.start_run(**RUN)
     db.close()
-    # A file as the release before `runs.threads` wrote it: the same table without the column.
+    # A file as the release before `runs.threads` wrote it: the same table without the column,
+    # and no schema_info or alembic_version (db/migrations tells the release by them).
     with sqlite3.connect(path) as conn:
         conn.execute("DROP VIEW run_summary")
         conn.execute("ALTER TABLE runs DROP COLUMN threads")
+        conn.execute("DROP TABLE schema_info")
+        conn.execute("DROP TABLE alembic_version")
     assert "threads" not in {r["name"] for r in _sql(path, "PRAGMA table_info(runs)")}
     db = ResultsDB(f"sqlite:///{path}")
     second = db.start_run(**RUN, threads=3)
@@ -272,9 +278,10 @@ def test_a_version_1_file_is_brought_to_the_current_schema_and_keeps_its_rows(tm
         first = db.start_run(**RUN)
     with sqlite3.connect(path) as conn:  # as version 1 (before schema_info) wrote it
         conn.execute("DROP INDEX ix_runs_uid")
-        for column in ("uid", "launcher", "scheduler_job_id", "attempts"):
+        for column in ("uid", "launcher", "scheduler_job_id", "attempts", "failure", "repeat_of"):
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         conn.execute("DROP TABLE schema_info")
+        conn.execute("DROP TABLE alembic_version")
     with open_readonly(f"sqlite:///{path}").connect() as conn:
         assert schema_version(conn) == 1
     with ResultsDB(f"sqlite:///{path}") as db:
@@ -284,7 +291,7 @@ def test_a_version_1_file_is_brought_to_the_current_schema_and_keeps_its_rows(tm
     assert rows[1]["id"] == second and len(rows[1]["uid"]) == 32 and int(rows[1]["uid"], 16) >= 0
     assert (rows[1]["launcher"], rows[1]["scheduler_job_id"], rows[1]["attempts"]) == ("joblib", "77_3", 1)
     with open_readonly(f"sqlite:///{path}").connect() as conn:
-        assert schema_version(conn) == SCHEMA_VERSION == 2
+        assert schema_version(conn) == SCHEMA_VERSION == 3
     (tmp_path / "other.db").write_bytes(b"")
     sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
     with open_readonly(f"sqlite:///{tmp_path / 'other.db'}").connect() as conn:
@@ -354,6 +361,8 @@ def test_versions_added_to_a_file_written_before_the_column(tmp_path):
         first = db.start_run(**RUN)
     with sqlite3.connect(path) as conn:  # as the release before `runs.versions` wrote it
         conn.execute("ALTER TABLE runs DROP COLUMN versions")
+        conn.execute("DROP TABLE schema_info")  # which came later, as Alembic's table
+        conn.execute("DROP TABLE alembic_version")
     conn.close()
     with ResultsDB(f"sqlite:///{path}") as db:
         second = db.start_run(**RUN)

@@ -194,9 +194,10 @@ def test_a_failing_shard_leaves_the_target_as_it_was(tmp_path, capsys):
 def _downgrade_to_version_1(path):
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # as version 1 wrote it
         conn.execute("DROP INDEX ix_runs_uid")
-        for column in ("uid", "launcher", "scheduler_job_id", "attempts"):
+        for column in ("uid", "launcher", "scheduler_job_id", "attempts", "failure", "repeat_of"):
             conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         conn.execute("DROP TABLE schema_info")
+        conn.execute("DROP TABLE alembic_version")
 
 
 BAD_SHARDS = {
@@ -206,7 +207,7 @@ BAD_SHARDS = {
     "other_sqlite": (lambda p: sql(p, "CREATE TABLE runs_x (a)"),
                      "shard {p!r} is not a normbench database (it has no runs table)"),
     "version_1": (lambda p: (ResultsDB(f"sqlite:///{p}").close(), _downgrade_to_version_1(p)),
-                  "shard {p!r} has schema version 1 and this code writes 2 (merge does not mix"),
+                  "shard {p!r} has schema version 1 and this code writes 3 (merge does not mix"),
 }
 
 
@@ -241,11 +242,11 @@ def test_a_target_that_is_not_ours_to_write_is_refused(tmp_path, capsys):
     sql(other, "CREATE TABLE notes (a)")
     ResultsDB(f"sqlite:///{newer}").close()
     with contextlib.closing(sqlite3.connect(newer)) as conn, conn:  # as a later version wrote it
-        conn.execute("UPDATE schema_info SET version = 3")
+        conn.execute("UPDATE alembic_version SET version_num = '0004'")
     hashes = sha256(tmp_path)
     for target, why in ((other, "is not a normbench database (it has tables but no runs table): "
                                 "merge into a normbench database or a new file"),
-                        (newer, "has schema version 3, newer than this code's 2: update normbench "
+                        (newer, "has schema version 4, newer than this code's 3: update normbench "
                                 "to merge into it")):
         rc, _, err = merge(capsys, shard, "--into", f"sqlite:///{target}")
         assert rc == 1 and err == f"error: --into 'sqlite:///{target}' {why}\n"
