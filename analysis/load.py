@@ -23,7 +23,7 @@ from db.engine import ADDED_COLUMNS
 from db.views import FINAL_SELECT
 
 RUN_COLUMNS = ("id", "status", "task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs",
-               "epochs_done", "duration_s", "threads", "error", "config")
+               "epochs_done", "duration_s", "threads", "error", "config", "config_hash", "repeat_of")
 
 
 @dataclass(frozen=True)

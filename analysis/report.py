@@ -19,7 +19,7 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from analysis import cells, load
+from analysis import cells, load, repeats
 from bench.errors import UserError, one_line
 from db.cli import OneLineParser
 from db.engine import open_readonly
@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "norms (default: none, when there are runs of it)")
     p.add_argument("--alpha", type=alpha_value, default=0.05,
                    help="significance level, 0 < alpha < 1 (default: %(default)s)")
+    p.add_argument("--repeats", action="store_true", help="also average the runs trained again on "
+                   "purpose (resume=false) with the first run of their config (analysis/repeats.py)")
     p.add_argument("--timings", action="store_true", help="print the time each step took")
     return p.parse_args(argv)
 
@@ -131,6 +133,7 @@ def build(opts: argparse.Namespace, clock: Clock):
     baseline = "none" if opts.baseline is None else opts.baseline
     frame = pd.concat([table, runs[["status", "seed", "epochs_done", "duration_s", "threads", "error"]]],
                       axis=1)
+    frame, one_per_config = repeats.mark(frame, runs, keys, repeats=opts.repeats)
     clock("load runs")
     from analysis.document import Document, Section
     from analysis.sections import analyse, section
@@ -149,7 +152,7 @@ def build(opts: argparse.Namespace, clock: Clock):
                 for values, _ in frame.groupby(list(cells.SECTION), sort=True)]
     clock("tables and figures")
     left = frame[frame["status"] != "completed"].sort_index()
-    counts = runs["status"].value_counts()
+    counts = frame["status"].value_counts()
     fixed = cells.fixed(table)
     facts = [("database", shown_db), ("selection", filters.describe() + "".join(f" {w}" for w in opts.where)),
              ("generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
@@ -162,6 +165,8 @@ def build(opts: argparse.Namespace, clock: Clock):
     tail.paragraphs.append("Failed, diverged and running runs are left out of every mean above and "
                            "counted per cell in the tables' 'not averaged' column." if len(left)
                            else "Every selected run completed.")
+    if one_per_config:
+        tail.paragraphs.append(one_per_config)
     if len(left):
         tail.tables.append(runs_table("runs_not_averaged", "Failed, diverged or running", left,
                                       [k for k in keys if k not in cells.SECTION or frame[k].nunique() > 1],

@@ -10,8 +10,10 @@ import json
 # Keys that do not change what a run computes: left out of the config hash, so a sweep rerun on
 # another machine, with another thread count or database, still finds its completed runs.
 # Changing this tuple changes the hash of every config, and existing databases would no longer
-# resume their completed runs.
-BOOKKEEPING_KEYS = ("db", "resume", "progress", "device", "threads", "data_root", "channels_last")
+# resume their completed runs; adding a key that older configs do not have (`checkpoint`) leaves
+# their hashes as they were.
+BOOKKEEPING_KEYS = ("db", "resume", "progress", "device", "threads", "data_root", "channels_last",
+                    "checkpoint")
 
 
 def config_hash(config: dict) -> str:

@@ -4,11 +4,13 @@ This module is the Hydra glue of one job: it reads what only Hydra knows (the jo
 place in the sweep, its overrides as typed, its folder, the launcher and its parallelism) and
 hands the config, with plain values, to `runners.job.run_job`, which owns a job's life and
 documents what the database says at each step. A user's mistake is one line and exit 2
-(`bench.cli.fail`). A single run ends with a one-line summary; a sweep's summary is the
-sweeper's (hydra_plugins/normbench_sweeper).
+(`bench.cli.fail`); SIGTERM or Ctrl-C is one line and exit 143 or 130. A job in a joblib worker
+watches the sweep's process and stops when it dies (`bench.parent_watch`). A single run ends
+with a one-line summary; a sweep's summary is the sweeper's (hydra_plugins/normbench_sweeper).
 """
 
 import logging
+import os
 import sys
 import time
 
@@ -17,9 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bench import cli
-from bench.errors import UserError
+from bench import cli, parent_watch
+from bench.errors import UserError, one_line
 from bench.launchers import jobs_at_once, scheduler_job_id, usable_cores
+from hydra_plugins.normbench_sweeper import stops
 from runners.overrides import check_overrides
 from runners.validate import CONF_DIR
 
@@ -88,6 +91,15 @@ def job_overrides() -> str:
                     if o.split("=", 1)[0].lstrip("+~") not in DESCRIBED)
 
 
+def sweep_pid() -> int | None:
+    """The sweep's main process, which the sweeper passes to every job."""
+    try:
+        pid = HydraConfig.get().job.env_set.get(parent_watch.SWEEP_PID_KEY)
+    except ValueError:
+        return None
+    return int(pid) if pid else None
+
+
 def output_dir() -> str | None:
     try:
         return HydraConfig.get().runtime.output_dir
@@ -98,7 +110,9 @@ def output_dir() -> str | None:
 def single_run_summary(result: dict, url: str) -> str:
     """The last line of a run without -m."""
     if result["status"] == "skipped":
-        what = f"nothing to do: run id {result['run_id']} already completed this config"
+        # why: already completed, diverged (a result), or running elsewhere (runners.resume)
+        why = result.get("why") or f"run id {result['run_id']} already completed this config"
+        what = f"nothing to do: {why}"
     elif result["status"] == "diverged":
         what = f"run id {result['run_id']} diverged ({result['error']})"
     else:
@@ -110,14 +124,31 @@ def single_run_summary(result: dict, url: str) -> str:
 # rather than run as __main__ (as the tests do).
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> dict:
+    from runners.interrupts import Terminated
     from runners.job import run_job
 
+    # A loky worker outlives the sweep's process unless it watches it (bench/parent_watch.py).
+    # submitit's jobs are meant to outlive it: its local controller "is expected to survive the
+    # end of the python session" (submitit/local/local.py), as SLURM jobs do.
+    in_worker = launcher_name() == "joblib" and parent_watch.start(sweep_pid() or os.getpid())
     try:
-        result = run_job(cfg, label=job_label(), overrides=job_overrides(),
-                         parallel_jobs=parallel_jobs(), output_dir=output_dir(),
-                         launcher=launcher_name(), scheduler_job_id=scheduler_job_id())
+        with parent_watch.job():
+            result = run_job(cfg, label=job_label(), overrides=job_overrides(),
+                             parallel_jobs=parallel_jobs(), output_dir=output_dir(),
+                             launcher=launcher_name(), scheduler_job_id=scheduler_job_id())
     except UserError as e:
         cli.fail(e)
+    except parent_watch.ParentDied:  # run_job closed its row and logged why; nobody waits
+        logging.shutdown()
+        os._exit(1)
+    except (Terminated, KeyboardInterrupt) as e:
+        if in_worker:  # a signal to this worker: this job ends, the sweep's others go on
+            raise parent_watch.Stopped(one_line(e, with_type=False)) from None
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep's own process: the sweeper ends the sweep in one line
+        log.error("stopped by %s (a started run is closed as 'failed'); rerun the same command "
+                  "to continue", stops.SIGNALS[stops.exit_code(e) - 128])
+        raise SystemExit(stops.exit_code(e)) from None  # one line: no traceback for a signal
     if HydraConfig.get().mode == RunMode.RUN:
         log.info(single_run_summary(result, cfg.db.url))
     return result  # the sweeper counts the sweep's outcomes from these

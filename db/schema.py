@@ -54,13 +54,29 @@ Table ``runs``
                   array task, or submitit's local job id; NULL outside a scheduler.
     attempts      how many times this run was started: 1, plus one for each requeue of the same
                   scheduler job (a timeout or preemption), which continues in this row.
-                  NULL in rows written before it existed.
+                  NULL in rows written before it existed. A run resumed from its checkpoint
+                  (a rerun of the same command, or a requeue) continues in its row: + 1.
+    failure       why a 'failed' run failed, as a kind (``FAILURES``): 'error' (an exception in
+                  its own code: not resumed by default, it would fail again), 'killed' (its
+                  process died, or its heartbeat stopped), 'sigterm', 'interrupt' (Ctrl-C),
+                  'requeued' (submitit), 'checkpoint' (an unusable checkpoint with
+                  checkpoint.strict=true); a rerun resumes all but 'error'. NULL otherwise, and
+                  in rows written before it existed.
+    repeat_of     for a run trained again on purpose (``resume=false``) while another run of the
+                  same config_hash existed: that run's id; the analysis averages one run per
+                  config unless asked for repeats. NULL for every other run.
 
 Table ``schema_info`` (one row)
     version       the schema's version, ``db.schema.SCHEMA_VERSION``; a file written before the
                   table existed has none and is version 1. A writer brings an older file up to date
-                  (it only adds nullable columns and this table); ``python -m db merge`` refuses
+                  (it only adds nullable columns and tables); ``python -m db merge`` refuses
                   to mix versions.
+
+Table ``alembic_version`` (one row; Alembic's, https://alembic.sqlalchemy.org)
+    version_num   the schema's revision in db/migrations/versions: '0003' is version 3, equal to
+                  ``schema_info.version``. A file without it was written before Alembic (version 1
+                  or 2); a writer stamps and upgrades it. A revision this code does not know (a
+                  newer normbench's) is refused and the file is not touched.
 
 Table ``metrics`` (primary key run_id, epoch, split, name: each value is written once)
     run_id        runs.id; deleting a run deletes its metrics.
@@ -97,11 +113,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# 1: before schema_info; 2: runs.uid, launcher, scheduler_job_id, attempts and schema_info.
-SCHEMA_VERSION = 2
+# 1: before schema_info; 2: runs.uid, launcher, scheduler_job_id, attempts and schema_info;
+# 3: runs.failure, repeat_of. The number of db/migrations' head revision (tests check they agree).
+SCHEMA_VERSION = 3
 
 STATUSES = ("running", "completed", "failed", "diverged")
 FINAL_STATUSES = STATUSES[1:]
+# runs.failure: why a 'failed' run failed; every kind but 'error' is resumed by a rerun.
+FAILURES = ("error", "killed", "sigterm", "interrupt", "requeued", "checkpoint")
 
 # Timezone-aware in Python; SQLite drops the zone (we always write UTC), PostgreSQL keeps it.
 UtcDateTime = DateTime(timezone=True)
@@ -160,6 +179,8 @@ class Run(Base):
     launcher: Mapped[str | None] = mapped_column(Text)
     scheduler_job_id: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int | None] = mapped_column(Integer)
+    failure: Mapped[str | None] = mapped_column(Text)
+    repeat_of: Mapped[int | None] = mapped_column(Integer)
 
 
 class Metric(Base):

@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import case, delete, func, insert, select, update
 
 from bench.errors import choices
+from db.claims import Claim, claim
 from db.engine import open_engine
 from db.provenance import code_version, torch_version, versions_json
-from db.schema import FINAL_STATUSES, Artifact, Metric, Run
+from db.schema import FAILURES, FINAL_STATUSES, Artifact, Metric, Run
 
 
 def _now() -> datetime:
@@ -58,6 +59,21 @@ class ResultsDB:
         scheduler_job_id: str | None = None,
     ) -> int:
         """Insert a 'running' row describing this process; returns its id."""
+        row = self.new_row(task=task, dataset=dataset, model=model, norm=norm, bs=bs, lr=lr,
+                           seed=seed, epochs=epochs, config=config, config_hash=config_hash,
+                           output_dir=output_dir, device=device, threads=threads,
+                           launcher=launcher, scheduler_job_id=scheduler_job_id)
+        with self.engine.begin() as conn:
+            return conn.execute(insert(Run), row).inserted_primary_key[0]
+
+    @staticmethod
+    def new_row(
+        *, task: str, dataset: str, model: str, norm: str, bs: int, lr: float, seed: int,
+        epochs: int, config: dict, config_hash: str, output_dir: str | None = None,
+        device: str = "cpu", threads: int | None = None, launcher: str | None = None,
+        scheduler_job_id: str | None = None,
+    ) -> dict:
+        """The 'running' row `start_run` inserts (and `claim` inserts or resumes from)."""
         now = _now()
         row = dict(
             status="running", task=task, dataset=dataset, model=model, norm=norm, bs=int(bs),
@@ -68,8 +84,24 @@ class ResultsDB:
             torch_version=torch_version(), versions=versions_json(), code_version=code_version(),
             uid=uuid.uuid4().hex, launcher=launcher, scheduler_job_id=scheduler_job_id, attempts=1,
         )
+        return row
+
+    def claim(self, new_row: dict, **how) -> Claim:
+        """Skip, resume or start this config's run, atomically: `db.claims.claim`."""
+        return claim(self.engine, new_row, **how)
+
+    def rewind(self, run_id: int, epoch: int) -> None:
+        """A resumed run continues after `epoch` (its checkpoint's; 0: from the start): its
+        metric rows of later epochs are removed (epoch 0's too, and its artifacts, when it
+        starts over), so no epoch is written twice and none is lost. The checkpoint is written
+        after the epoch's metrics: a kill between the two leaves rows this removes."""
+        run_id, epoch = int(run_id), int(epoch)
         with self.engine.begin() as conn:
-            return conn.execute(insert(Run), row).inserted_primary_key[0]
+            conn.execute(delete(Metric).where(Metric.run_id == run_id,
+                                              Metric.epoch > epoch if epoch else Metric.epoch >= 0))
+            if not epoch:
+                conn.execute(delete(Artifact).where(Artifact.run_id == run_id))
+            conn.execute(update(Run).where(Run.id == run_id).values(epochs_done=epoch))
 
     def log_epoch(self, run_id: int, epoch: int, metrics: dict[tuple[str, str], float]) -> None:
         """Write {(split, name): value} for one epoch; NaN is stored as NULL.
@@ -104,10 +136,16 @@ class ResultsDB:
             if not conn.execute(update(Artifact).where(*key).values(path=str(path))).rowcount:
                 conn.execute(insert(Artifact), dict(run_id=int(run_id), kind=str(kind), path=str(path)))
 
-    def finish(self, run_id: int, status: str, error: str | None = None) -> None:
-        """End a run: status is 'completed', 'failed' or 'diverged'."""
+    def finish(self, run_id: int, status: str, error: str | None = None,
+               failure: str | None = None) -> None:
+        """End a run: status is 'completed', 'failed' or 'diverged'; failure: the kind of a
+        failure (`db.schema.FAILURES`; 'error' if not given)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish status {status!r} is not one of {choices(FINAL_STATUSES)}")
+        if status == "failed" and failure is None:
+            failure = "error"
+        if failure is not None and failure not in FAILURES:
+            raise ValueError(f"failure {failure!r} is not one of {choices(FAILURES)}")
         now = _now()
         with self.engine.begin() as conn:
             started = conn.scalar(select(Run.started_at).where(Run.id == run_id))
@@ -119,7 +157,7 @@ class ResultsDB:
                 update(Run)
                 .where(Run.id == run_id)
                 .values(status=status, ended_at=now, duration_s=(now - started).total_seconds(),
-                        error=error)
+                        error=error, failure=failure)
             )
 
     def find_completed(self, config_hash: str) -> int | None:
@@ -151,7 +189,7 @@ class ResultsDB:
                     update(Run)
                     .where(Run.id == run_id)
                     .values(
-                        status="failed", ended_at=now,
+                        status="failed", ended_at=now, failure="killed",
                         error=f"process {pid} on {host} ended without finishing the run (killed?)",
                     )
                 )
@@ -178,7 +216,8 @@ class ResultsDB:
                          f"marked failed by {by} at {now:%Y-%m-%d %H:%M:%S} UTC")
                 # Still silent when written (PostgreSQL's READ COMMITTED: a beat may land between).
                 if conn.execute(update(Run).where(Run.id == run_id, *silent)
-                                .values(status="failed", ended_at=now, error=error)).rowcount:
+                                .values(status="failed", ended_at=now, error=error,
+                                        failure="killed")).rowcount:
                     marked.append((run_id, error))
         return marked
 

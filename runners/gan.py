@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torchvision.utils import save_image
 
+from bench.checkpoint import Checkpoint
 from bench.checks import require_int, require_name, require_number, require_numbers
 from bench.errors import UserError
 from bench.models import build_model
@@ -156,8 +157,14 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
                               kid_subset_size=t.kid_subset_size, batch_size=cfg.eval_bs)
     z_eval = G.noise(t.eval_samples, ev, device)
     grid_path = _output_dir() / "samples.png"
-    log_epoch(0, {("test", "cis_real"): scorer.real_cis, ("test", "classifier_acc"): classifier_acc})
-    for epoch in range(1, cfg.epochs + 1):
+    # After everything drawn at setup (z_eval): a resumed run restores the states of the end of
+    # its checkpoint's epoch over these fresh ones (`bench.checkpoint`).
+    first = getattr(log_epoch, "checkpoint", Checkpoint.off()).attach(
+        {"gan": gan, "opt_d": opt_d, "opt_g": opt_g}, {"data": gen, "eval": ev})
+    if first == 1:  # a resumed run wrote epoch 0 in its first attempt
+        log_epoch(0, {("test", "cis_real"): scorer.real_cis,
+                      ("test", "classifier_acc"): classifier_acc})
+    for epoch in range(first, cfg.epochs + 1):
         G.train()
         D.train()
         sums = torch.zeros(4, device=device)  # d_loss, g_loss, d_acc_real, d_acc_fake

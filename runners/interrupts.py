@@ -7,8 +7,8 @@
   `signal_delay_s` (30) seconds before `timeout_min`. submitit's handler then requeues the job
   (`scontrol requeue`, or the local controller starts it again) and ends this attempt with
   `SystemExit` (exit code 144 locally, -1 under SLURM), raised in the middle of training. The
-  next attempt runs the same job from the start and continues in the same row
-  (`ResultsDB.find_requeued`, `restart_run`). Where submitit does not requeue (timed out more
+  next attempt runs the same job and continues in the same row from its last checkpoint
+  (`db.claims.claim`, `bench.checkpoint`). Where submitit does not requeue (timed out more
   than `max_num_timeout` times) it raises `UncompletedJobError` instead: the run is 'failed'.
 """
 
@@ -18,6 +18,7 @@ import threading
 from contextlib import contextmanager
 
 from bench.launchers import SUBMITIT
+from bench.parent_watch import ParentDied
 
 
 class Terminated(BaseException):
@@ -58,4 +59,18 @@ def requeue_note(epochs_done: int, epochs: int, attempt: int) -> str:
     sig = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")  # submitit's setting
     return (f"requeued by submitit after {sig} (time limit or preemption) with {epochs_done} of "
             f"{epochs} epochs done in attempt {attempt}; the next attempt continues in this row "
-            "and restarts at epoch 1")
+            "and continues from its last checkpoint")
+
+
+def failure_kind(e: BaseException, launcher: str) -> str:
+    """runs.failure for a run ended by `e` (`db.schema.FAILURES`): every kind but 'error' (an
+    exception of the run's own code, which would happen again) is resumed by a rerun."""
+    if requeued(e, launcher):
+        return "requeued"
+    if isinstance(e, Terminated):
+        return "sigterm"
+    if isinstance(e, ParentDied):  # the sweep's process died or was stopped: bench/parent_watch.py
+        return "killed"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupt"
+    return "error"

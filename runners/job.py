@@ -4,16 +4,18 @@
    `bench.run` reports it as one line and removes the folders Hydra made for the command;
 2. the data is loaded and the task's `prepare` runs (the GAN metrics' classifier): a `UserError`
    here still writes no run;
-3. the run's row is written as 'running' just before training starts (or, for a job its
-   scheduler requeued, the row of its earlier attempt is reopened: `runners.interrupts`);
+3. the job claims its config hash (`runners.resume`, `db.claims`): a config completed or
+   diverged, or live in another job, is skipped; an interrupted run of it (killed, SIGTERM,
+   Ctrl-C, a scheduler's requeue) is reopened and continues from its checkpoint
+   (`bench.checkpoint`); else the run's row is written as 'running' just before training;
 4. while it trains, a thread writes its heartbeat every `db.heartbeat.every_s` seconds, and
-   metrics are written at the end of every epoch;
+   at the end of every epoch its metrics are written, then its checkpoint (`checkpoint.every`);
 5. the heartbeat stops, and the status becomes 'completed', 'diverged' (a training loss went
    NaN/inf, or broke a `diverge` rule: `bench.divergence`; the sweep goes on) or 'failed' with
    the error (an exception, Ctrl-C or SIGTERM; the other jobs of a sweep still run).
 A job killed with SIGKILL cannot write: the next sweep on that host marks its run 'failed' (its
 process is gone), and so does the next sweep on any host, or `python -m db mark-stale`, once its
-heartbeat is older than `db.heartbeat.stale_after_s`.
+heartbeat is older than `db.heartbeat.stale_after_s`; rerunning the command then resumes it.
 
 A sweep runs steps 1-2 for every job before the first one starts (`prepare_sweep`), so a bad
 value in the last job loses no work, each dataset is loaded (downloaded, cached) by one process,
@@ -32,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.divergence import DivergenceRule
 from bench.errors import Diverged, UserError, one_line
-from runners.interrupts import requeue_note, requeued, sigterm_as_exception
+from runners.interrupts import failure_kind, requeue_note, requeued, sigterm_as_exception
 from runners.job_log import DESCRIBED, describe, epoch_line  # noqa: F401 (DESCRIBED: bench.run's)
 from runners.validate import check_config
 
@@ -57,7 +59,7 @@ def prepare_sweep(jobs: list[tuple[DictConfig, str]]) -> tuple[list[str], set[st
     killed process left 'running' marked failed: on this host by process id, on any host once
     their heartbeat is older than `db.heartbeat.stale_after_s`. Returns (dataset names, db URLs)."""
     from bench.data import load_dataset
-    from bench.runtime import pick_device
+    from bench.runtime import pick_device, set_threads
     from db import ResultsDB
     from runners import RUNNERS
     from runners.config import load_data
@@ -79,6 +81,10 @@ def prepare_sweep(jobs: list[tuple[DictConfig, str]]) -> tuple[list[str], set[st
         load_dataset(ds.name, cfg.data_root, download=ds.download, image_size=ds.image_size,
                      **ds.get("options", {}))
     for cfg in prepares.values():
+        # The job's own thread count, as a single run's prepare has (`run_job`): the GAN metrics'
+        # classifier trained with the sweeping process's default threads differed from a single
+        # run's by 2e-7 in cis_real (2 threads vs 1), so a sweep's numbers depended on its launcher.
+        set_threads(cfg.threads)
         RUNNERS[cfg.task.name].prepare(cfg, load_data(cfg), pick_device(cfg.device))
     for url in urls:
         with ResultsDB(url) as db:
@@ -109,6 +115,7 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
     from db import ResultsDB
     from runners import RUNNERS
     from runners.config import load_data
+    from runners.resume import claim_run
 
     device = pick_device(cfg.device)
     threads = set_threads(cfg.threads, parallel_jobs)
@@ -119,26 +126,25 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
     digest = config_hash(config)
     what = describe(cfg, device, threads, overrides)
     with ResultsDB(cfg.db.url) as db:
-        if cfg.resume and (done := db.find_completed(digest)) is not None:
+        if cfg.resume and (done := db.find_completed(digest)) is not None:  # before prepare: fast
             log.info("%sskipped: run id %d already completed this config (resume=false to run "
                      "again): %s", f"{label}: " if label else "", done, what)
             return {"run_id": done, "status": "skipped"}
         runner.prepare(cfg, data, device)  # a UserError here writes no run
-        earlier = (db.find_requeued(scheduler_job_id, digest, output_dir)
-                   if scheduler_job_id is not None else None)
-        if earlier is not None:
-            run_id, attempt = earlier, db.restart_run(earlier, device=str(device), threads=threads)
-            what += (f"; attempt {attempt}: the scheduler requeued this job, training restarts "
-                     "at epoch 1 and the earlier attempt's metrics were removed")
-        else:
-            run_id, attempt = db.start_run(
-                task=cfg.task.name, dataset=cfg.dataset.name, model=cfg.model.name,
-                norm=cfg.norm.name, bs=cfg.bs, lr=cfg.lr, seed=cfg.seed, epochs=cfg.epochs,
-                config=config, config_hash=digest, output_dir=output_dir, device=str(device),
-                threads=threads, launcher=launcher, scheduler_job_id=scheduler_job_id), 1
+        run_id, attempt, checkpoint, skip = claim_run(
+            db, cfg, config, digest, output_dir=output_dir, device=str(device), threads=threads,
+            launcher=launcher, scheduler_job_id=scheduler_job_id)
+        if skip is not None:
+            log.info("%sskipped: %s: %s", f"{label}: " if label else "", skip["why"], what)
+            return skip
+        if attempt > 1:
+            what += f"; attempt {attempt}: {checkpoint.resumed}, " + (
+                f"training continues after epoch {checkpoint.epoch} from its checkpoint"
+                if checkpoint.epoch
+                else "training starts over at epoch 1 (no usable checkpoint)")
         log.info("%srun id %d: %s", f"{label} = " if label else "", run_id, what)
         diverged = DivergenceRule(cfg.task.name, cfg.diverge.factor, cfg.diverge.max_loss)
-        epochs_done = 0
+        epochs_done = checkpoint.epoch
 
         def log_epoch(epoch: int, metrics: dict, artifacts: dict[str, str] | None = None) -> None:
             nonlocal epochs_done
@@ -152,6 +158,10 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
                       "  ".join(f"{s}/{n} {v:.4g}" for (s, n), v in metrics.items()))
             if (why := diverged(epoch, metrics)) is not None:
                 raise Diverged(why)
+            if checkpoint.due(epoch, cfg.epochs):  # after the metrics: `ResultsDB.rewind`
+                checkpoint.save(epoch)
+
+        log_epoch.checkpoint = checkpoint  # the runner restores from it (`Checkpoint.attach`)
 
         t0 = time.perf_counter()
         try:
@@ -161,16 +171,20 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
                 runner.run(cfg, data, device, log_epoch)
         except Diverged as e:
             db.finish(run_id, "diverged", str(e))
+            if not cfg.checkpoint.keep:
+                checkpoint.remove()
             log.warning("run id %d diverged: %s", run_id, e)
             return {"run_id": run_id, "status": "diverged", "error": str(e)}
         except BaseException as e:
             if requeued(e, launcher):  # submitit's exit: one line here, no traceback anywhere
                 note = requeue_note(epochs_done, cfg.epochs, attempt)
-                db.finish(run_id, "failed", note)
+                db.finish(run_id, "failed", note, failure="requeued")
                 log.warning("run id %d: %s", run_id, note)
             else:
-                db.finish(run_id, "failed", one_line(e))
+                db.finish(run_id, "failed", one_line(e), failure=failure_kind(e, launcher))
                 log.error("run id %d failed: %s", run_id, one_line(e))
             raise
         db.finish(run_id, "completed")
+        if not cfg.checkpoint.keep:
+            checkpoint.remove()
         return {"run_id": run_id, "status": "completed", "seconds": time.perf_counter() - t0}

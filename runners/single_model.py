@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from bench.bn_eval import score_bn_modes
+from bench.checkpoint import Checkpoint
 from bench.train import autocast, learning_rate, progress
 from runners.config import (
     batches_from_config,
@@ -43,7 +44,9 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch, objective: Objec
     """Train cfg's model on `data` for cfg.epochs and call `log_epoch(epoch, metrics)` after each
     epoch with the objective's train metrics plus train/lr (the mean lr of the epoch's steps),
     train/time_s, train/images_per_s, the test metrics (three ways for a model with batch
-    statistics: `bench.bn_eval`) and test/time_s."""
+    statistics: `bench.bn_eval`) and test/time_s. With a loaded checkpoint
+    (`log_epoch.checkpoint`, `runners.job`) training continues after its epoch, exactly as if
+    never stopped (`bench.checkpoint`)."""
     model = model_from_config(cfg, data.channels, data.num_classes, data.image_size).to(device)
     if channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
@@ -57,7 +60,9 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch, objective: Objec
     def score(m, batches):
         return objective.score(m, batches, amp)
 
-    for epoch in range(1, cfg.epochs + 1):
+    first = getattr(log_epoch, "checkpoint", Checkpoint.off()).attach(
+        {"model": model, "optimizer": opt, "sched": sched}, {"data": gen})
+    for epoch in range(first, cfg.epochs + 1):
         model.train()
         sums, lr_sum = None, 0.0
         t0 = time.perf_counter()

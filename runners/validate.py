@@ -101,6 +101,13 @@ def _check_plain_values(cfg: DictConfig) -> None:
     require_bool("resume", cfg.resume)
     require_int("threads", cfg.threads, lo=1, or_words=("auto",))
     check_heartbeat(cfg.db.heartbeat.every_s, cfg.db.heartbeat.stale_after_s)
+    ck = cfg.checkpoint  # bench/checkpoint.py, runners/resume.py
+    require_int("checkpoint.every", ck.every, lo=0)
+    for key in ("keep", "strict", "resume_failed", "retry_diverged"):
+        require_bool(f"checkpoint.{key}", ck[key])
+    if not isinstance(ck.dir, str) or not ck.dir.strip():
+        fail("checkpoint.dir", ck.dir, "is not a folder", "a folder path (relative: to where the "
+             "command was started)")
     ds = cfg.dataset
     require_bool("dataset.download", ds.download)
     require_bool("dataset.augment.flip", ds.augment.flip)

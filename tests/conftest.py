@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -67,6 +68,37 @@ def run_bench_subprocess(cwd: Path, *args, db="bench.db", timeout=600, check_rc=
     proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **bench_env(cwd), **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
     return _check(proc, check_rc)
+
+
+def start_bench(cwd: Path, *args, db="bench.db", env=None) -> subprocess.Popen:
+    """`python -m bench.run ARGS` started in a new process in `cwd` (not waited for: to be killed
+    at a chosen point, `kill_at_epoch`, or run alongside another); its output goes to
+    `cwd/bench-<n>.log`."""
+    log = open(cwd / f"bench-{len(list(cwd.glob('bench-*.log')))}.log", "w")  # noqa: SIM115
+    cmd = [sys.executable, "-m", "bench.run", *bench_args(cwd, args, db)]
+    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **bench_env(cwd), **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_at_epoch(proc: subprocess.Popen, db: Path, epochs: int, delay_s: float = 0.0,
+                  timeout: float = 120) -> bool:
+    """SIGKILL `proc` `delay_s` seconds after the SQLite file `db` (read with sqlite3) holds the
+    metrics of `epochs` epochs >= 1 in all, over all its runs. False if `proc` ended first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if query(db, "select count(distinct run_id || ':' || epoch) from metrics "
+                         "where epoch >= 1")[0][0] >= epochs:
+                break
+        except sqlite3.OperationalError:  # no file or table yet
+            pass
+        time.sleep(0.01)
+    time.sleep(delay_s)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 class _Timeout(BaseException):

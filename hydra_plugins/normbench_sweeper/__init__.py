@@ -16,7 +16,11 @@ Around the launch:
   the results are and the next command. It must be here: a job that raises ends the multirun
   before Hydra's `Callback.on_multirun_end`, and under the joblib launcher jobs run in worker
   processes, so only this process sees every job.
-- a command refused before any job ran leaves no multirun/ folder behind.
+- a command refused before any job ran leaves no multirun/ folder behind;
+- SIGTERM or Ctrl-C to the sweep, a signal to one joblib worker, and a worker that dies each end
+  in one line with every run's row final (`stops.py`); each job is told the sweep's pid, which
+  joblib's workers watch (bench/parent_watch.py); `${launch_id:}` gives each command its own
+  folder (`folders.py`).
 
 It also takes `grids`: a list of sub-grids, each a `params`-style mapping, for an experiment that
 is not one Cartesian product (the Replacing BatchNorm post runs GroupNorm with 4 groups on cnn4
@@ -40,6 +44,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict, read_write
+
+from hydra_plugins.normbench_sweeper import folders, stops  # noqa: F401 (folders: ${launch_id:})
 
 log = logging.getLogger("bench")
 
@@ -127,11 +133,12 @@ def summary(returns: Sequence[JobReturn], total: int, urls: set[str]) -> list[st
 
     from bench.cli import DEFAULT_DB_URL, next_command, shown_url
 
-    counts = {k: [] for k in ("completed", "diverged", "failed", "skipped")}
+    counts = {k: [] for k in ("completed", "diverged", "failed", "skipped", "running elsewhere")}
     for r in returns:
         if r.status == JobStatus.COMPLETED:
             value = r._return_value if isinstance(r._return_value, dict) else {}
-            counts[value.get("status", "completed")].append(f"run id {value.get('run_id')}")
+            kind = "running elsewhere" if value.get("running_elsewhere") else value.get("status", "completed")
+            counts[kind].append(f"run id {value.get('run_id')}")
         else:  # raised: no return value, and maybe no run id (see the job's log)
             counts["failed"].append(f"job #{r.hydra_cfg.hydra.job.num}")
     parts = [f"{len(counts['completed'])} completed"]
@@ -139,6 +146,8 @@ def summary(returns: Sequence[JobReturn], total: int, urls: set[str]) -> list[st
               for k in ("diverged", "failed")]
     parts.append(f"{len(counts['skipped'])} skipped" + (" (already completed: resume)"
                                                          if counts["skipped"] else ""))
+    if busy := counts["running elsewhere"]:  # a live run of another sweep: db/claims.py
+        parts.append(f"{len(busy)} skipped (running elsewhere: {', '.join(busy)})")
     if total > len(returns):
         parts.append(f"{total - len(returns)} not started (the sweep stopped at a failed batch)")
     urls = sorted(urls, key=lambda u: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", u)])
@@ -165,6 +174,7 @@ class ValidatingSweeper(BasicSweeper):
         """BasicSweeper.sweep's loop (Hydra 1.3), with the job count passed on, the per-job
         launch lines quieted, and the summary logged before the first failure is re-raised."""
         from bench.cli import SWEEP_JOBS_KEY, remove_hydra_leftovers
+        from bench.parent_watch import SWEEP_PID_KEY, Stopped
 
         self._arguments = list(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -176,26 +186,42 @@ class ValidatingSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Every launcher composes each job from this list plus the job's own overrides.
         with read_write(self.config.hydra), open_dict(self.config.hydra):
-            self.config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{SWEEP_JOBS_KEY}={total}")
+            self.config.hydra.overrides.hydra += [
+                f"++hydra.job.env_set.{SWEEP_JOBS_KEY}={total}",
+                f"++hydra.job.env_set.{SWEEP_PID_KEY}={os.getpid()}"]  # bench/parent_watch.py
         quiet_hydra_job_lines()
         returns, done = [], []
+        launcher = self.config.hydra.runtime.choices.get("hydra/launcher")
         try:
-            while not self.is_done():
-                batch = self.get_job_batch()
-                self.validate_batch_is_legal(batch)
-                results = self.launcher.launch(batch, initial_job_idx=len(done))
-                returns.append(results)
-                done.extend(results)
-                if any(r.status != JobStatus.COMPLETED for r in results):
-                    break  # as Hydra's loop, which raises the failure after this batch
-        except BaseException:
-            if not done:  # refused or interrupted before any job ended
+            with stops.on_signals(launcher):
+                while not self.is_done():
+                    batch = self.get_job_batch()
+                    self.validate_batch_is_legal(batch)
+                    results = self.launcher.launch(batch, initial_job_idx=len(done))
+                    returns.append(results)
+                    done.extend(results)
+                    if any(r.status != JobStatus.COMPLETED for r in results):
+                        break  # as Hydra's loop, which raises the failure after this batch
+        except BaseException as e:
+            if (code := stops.exit_code(e)) is not None:  # its job closed its row
+                log.error(stops.stopped_line(code - 128, len(done), total))
+                raise SystemExit(code) from None
+            if stops.worker_died(e):
+                marked = stops.mark_dead_workers(self._urls)
+                for line in summary(done, total, self._urls) if done else []:  # earlier batches
+                    log.info(line)
+                log.error("sweep stopped: a worker process died (SIGKILL? out of memory?) and "
+                          "joblib stopped the others; marked their runs failed: %s; rerun the "
+                          "same command to continue", marked)
+                raise SystemExit(1) from None
+            if not done:  # refused before any job ended
                 remove_hydra_leftovers(sweep_dir)
             raise
         for line in summary(done, total, self._urls):
             log.info(line)
-        gave_up = [r for r in done if r.status == JobStatus.FAILED and scheduler_gave_up(r)]
-        for r in gave_up:  # the scheduler's decision, not a bug: one line, no traceback
+        gave_up = [r for r in done if r.status == JobStatus.FAILED
+                   and (scheduler_gave_up(r) or isinstance(r._return_value, Stopped))]
+        for r in gave_up:  # the scheduler's or a signal's doing, not a bug: one line, no traceback
             log.error("job #%d failed: %s", r.hydra_cfg.hydra.job.num, r._return_value)
         for r in done:
             if not any(r is g for g in gave_up):
