@@ -74,7 +74,12 @@ def test_a_submitit_local_sweep_with_a_requeue_keeps_one_row_per_job(tmp_path):
     assert {r[6] for r in runs} == job_ids  # submitit's own job ids, one folder each
     bn = runs[0]
     assert bn[7] > first_start and bn[8] != pid  # a new attempt: a new process, started later
-    # Attempt 2 restarted at epoch 1: each epoch's metrics once, all from the finished attempt.
+    # Attempt 2 continued from attempt 1's checkpoint, as a rerun does (runners.resume), and its
+    # log says so; each epoch's metrics are in the database once.
+    logs = [p.read_text(errors="replace") for p in (tmp_path / "multirun").rglob("*")
+            if p.is_file() and p.suffix in (".log", ".out", ".err")]
+    counts = [t.count("training continues after epoch") for t in logs]  # run.log and submitit's
+    assert max(counts) == 1, logs
     per_epoch = query(db, "SELECT epoch, COUNT(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
                       "WHERE r.norm = 'bn' AND r.seed = 0 GROUP BY epoch")
     gn_per_epoch = query(db, "SELECT COUNT(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
