@@ -67,5 +67,5 @@ OBJECTIVE = single_model.Objective(loss=loss, train_metrics=train_metrics,
                                    score=reconstruction_error, signed=True)
 
 
-def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
-    single_model.run(cfg, data, device, log_epoch, OBJECTIVE)
+def run(cfg: DictConfig, data, device: torch.device, log_epoch, checkpoint=None) -> None:
+    single_model.run(cfg, data, device, log_epoch, OBJECTIVE, checkpoint)

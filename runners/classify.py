@@ -52,5 +52,5 @@ def loss_and_accuracy(model, batches, amp) -> dict[str, float]:
 OBJECTIVE = single_model.Objective(loss=loss, train_metrics=train_metrics, score=loss_and_accuracy)
 
 
-def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
-    single_model.run(cfg, data, device, log_epoch, OBJECTIVE)
+def run(cfg: DictConfig, data, device: torch.device, log_epoch, checkpoint=None) -> None:
+    single_model.run(cfg, data, device, log_epoch, OBJECTIVE, checkpoint)

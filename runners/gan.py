@@ -134,7 +134,8 @@ def d_logits(D, real: torch.Tensor, fake: torch.Tensor, mixed: bool):
     return D(real), D(fake)
 
 
-def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
+def run(cfg: DictConfig, data, device: torch.device, log_epoch,
+        checkpoint: Checkpoint | None = None) -> None:
     # Imported here: torchmetrics takes ~3 s to import, which every other job would pay.
     from bench.metrics.classifier_scores import ClassifierScores
 
@@ -159,7 +160,7 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch) -> None:
     grid_path = _output_dir() / "samples.png"
     # After everything drawn at setup (z_eval): a resumed run restores the states of the end of
     # its checkpoint's epoch over these fresh ones (`bench.checkpoint`).
-    first = getattr(log_epoch, "checkpoint", Checkpoint.off()).attach(
+    first = (checkpoint or Checkpoint.off()).attach(
         {"gan": gan, "opt_d": opt_d, "opt_g": opt_g}, {"data": gen, "eval": ev})
     if first == 1:  # a resumed run wrote epoch 0 in its first attempt
         log_epoch(0, {("test", "cis_real"): scorer.real_cis,

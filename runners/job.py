@@ -161,14 +161,12 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
             if checkpoint.due(epoch, cfg.epochs):  # after the metrics: `ResultsDB.rewind`
                 checkpoint.save(epoch)
 
-        log_epoch.checkpoint = checkpoint  # the runner restores from it (`Checkpoint.attach`)
-
         t0 = time.perf_counter()
         try:
             # Leaving the block stops the heartbeat (joined) before the final status is written.
             with Heartbeat(lambda: db.beat(run_id), cfg.db.heartbeat.every_s,
                            name=f"heartbeat of run id {run_id}"), sigterm_as_exception(launcher):
-                runner.run(cfg, data, device, log_epoch)
+                runner.run(cfg, data, device, log_epoch, checkpoint)
         except Diverged as e:
             db.finish(run_id, "diverged", str(e))
             if not cfg.checkpoint.keep:

@@ -40,7 +40,8 @@ class Objective:
     signed: bool = False
 
 
-def run(cfg: DictConfig, data, device: torch.device, log_epoch, objective: Objective) -> None:
+def run(cfg: DictConfig, data, device: torch.device, log_epoch, objective: Objective,
+        checkpoint: Checkpoint | None = None) -> None:
     """Train cfg's model on `data` for cfg.epochs and call `log_epoch(epoch, metrics)` after each
     epoch with the objective's train metrics plus train/lr (the mean lr of the epoch's steps),
     train/time_s, train/images_per_s, the test metrics (three ways for a model with batch
@@ -60,7 +61,7 @@ def run(cfg: DictConfig, data, device: torch.device, log_epoch, objective: Objec
     def score(m, batches):
         return objective.score(m, batches, amp)
 
-    first = getattr(log_epoch, "checkpoint", Checkpoint.off()).attach(
+    first = (checkpoint or Checkpoint.off()).attach(
         {"model": model, "optimizer": opt, "sched": sched}, {"data": gen})
     for epoch in range(first, cfg.epochs + 1):
         model.train()

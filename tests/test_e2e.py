@@ -197,11 +197,11 @@ def test_a_crashing_job_is_failed_and_the_other_jobs_still_run(bench, tmp_path, 
 
     real_run = runners.classify.run
 
-    def crash_at_bs_64(cfg, data, device, log_epoch):
+    def crash_at_bs_64(cfg, data, device, log_epoch, checkpoint=None):
         if cfg.bs == 64:
             log_epoch(1, {("train", "loss"): 1.0})
             raise RuntimeError("simulated crash\nwith a second line")
-        return real_run(cfg, data, device, log_epoch)
+        return real_run(cfg, data, device, log_epoch, checkpoint)
 
     monkeypatch.setattr(runners.classify, "run", crash_at_bs_64)
     proc = bench("-m", "bs=32,64,128", "epochs=1", "dataset=digits", "dataset.train_subset=256",
