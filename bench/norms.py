@@ -20,6 +20,8 @@ Conventions worth knowing:
 - The Replacing BatchNorm post's ablation of BN's parts: `bn_affine` (scale and shift only),
   `bn_norm` (batch statistics, no affine), `bn_detach` (batch statistics that get no gradient,
   with affine).
+- `sync_bn` is BN with statistics over the global batch of all data-parallel replicas (the default
+  torch.distributed process group); with one process it is `bn` exactly.
 """
 
 import inspect
@@ -41,6 +43,7 @@ from bench.norm_zoo.batch_variants import (
 from bench.norm_zoo.bcn import BatchChannelNorm2d
 from bench.norm_zoo.frn import FilterResponseNorm2d
 from bench.norm_zoo.running_bn import RunningBatchNorm2d
+from bench.norm_zoo.sync_bn import SyncBatchNorm2d
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -112,11 +115,13 @@ NORMS: dict[str, Callable[..., nn.Module]] = {
     "bn_affine": Affine2d,
     "bn_norm": BatchNormOnly2d,
     "bn_detach": DetachedBatchNorm2d,
+    "sync_bn": SyncBatchNorm2d,
 }
 
 # Norms whose output in training mode depends on the other samples of the batch (and so on batch
 # size). Each keeps running statistics for eval, which `bench.precise_bn` can recompute.
-BATCH_DEPENDENT = frozenset({"bn", "running_bn", "brn", "ghost_bn", "bcn", "bn_norm", "bn_detach"})
+BATCH_DEPENDENT = frozenset({"bn", "running_bn", "brn", "ghost_bn", "bcn", "bn_norm", "bn_detach",
+                             "sync_bn"})
 
 # Norms that also standardize the model's convolution weights (see `bench.norm_zoo.ws`).
 WEIGHT_STANDARDIZED = frozenset({"ws_gn"})

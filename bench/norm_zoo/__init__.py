@@ -5,6 +5,7 @@
 - `running_bn`: the fast.ai course's running batch norm (running statistics in training too);
 - `frn`: filter response normalization with its thresholded linear unit;
 - `bcn`: batch-channel normalization;
+- `sync_bn`: BN with statistics synchronized across torch.distributed processes;
 - `ws`: weight standardization of a built model's convolutions (used with group norm as `ws_gn`).
 
 Every layer takes the channel count first (`Norm(num_channels)`) and acts on (B, C, H, W); the short
