@@ -157,7 +157,7 @@ def test_the_command_line_reports_a_bad_optimizer_setting_in_one_line_and_writes
     assert not (tmp_path / "bench.db").exists()
 
 
-MOMENTUM_NORMS = ["bn", "ghost_bn", "brn", "bn_detach", "bn_norm", "bcn"]
+MOMENTUM_NORMS = ["bn", "ghost_bn", "brn", "bn_detach", "bn_norm", "bcn", "sync_bn"]
 
 
 @pytest.mark.parametrize("norm", MOMENTUM_NORMS)
