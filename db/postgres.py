@@ -44,8 +44,12 @@ SEVERAL_STATEMENTS = "cannot insert multiple commands into a prepared statement"
 
 
 def with_driver(url: URL) -> URL:
-    """`postgresql://` as `postgresql+psycopg://`; a URL that names its driver stays as it is."""
-    return url.set(drivername=f"postgresql+{DRIVER}") if url.drivername == "postgresql" else url
+    """`postgresql://` (and `postgres://`, the spelling libpq, Heroku and many hosted services
+    give, which SQLAlchemy 1.4+ no longer accepts) as `postgresql+psycopg://`; a URL that names
+    its driver stays as it is."""
+    if url.drivername in ("postgresql", "postgres"):
+        return url.set(drivername=f"postgresql+{DRIVER}")
+    return url
 
 
 def reader_session(dbapi_connection, _record) -> None:

@@ -369,3 +369,14 @@ def test_versions_added_to_a_file_written_before_the_column(tmp_path):
     rows = _sql(path, "SELECT id, versions FROM runs ORDER BY id")
     assert [r["id"] for r in rows] == [first, second] and rows[0]["versions"] is None
     assert json.loads(rows[1]["versions"])["sqlalchemy"] == _installed("sqlalchemy")
+
+
+def test_postgresql_urls_mean_psycopg_3_unless_they_name_a_driver():
+    from db.engine import parse_url
+
+    got = {url: parse_url(url).drivername for url in (
+        "postgresql://u@h/db", "postgres://u@h/db", "postgresql+psycopg2://u@h/db",
+        "postgresql+psycopg://u@h/db", "sqlite:///x.db")}
+    assert got == {"postgresql://u@h/db": "postgresql+psycopg", "postgres://u@h/db": "postgresql+psycopg",
+                   "postgresql+psycopg2://u@h/db": "postgresql+psycopg2",
+                   "postgresql+psycopg://u@h/db": "postgresql+psycopg", "sqlite:///x.db": "sqlite"}
