@@ -9,9 +9,9 @@ own: a copied run gets a new id, and its metrics and artifacts follow it.
 - A run the target lacks is copied, with its metrics and artifacts.
 - A run the target has gets the metric rows it lacks, and takes the shard's columns and artifact
   paths unless the shard's copy is behind (`_progress`), so a stale copy merged after a newer one
-  changes nothing. A copy of a later attempt (a requeued job restarts its run:
-  `ResultsDB.restart_run`) replaces the run's metrics and artifacts; one of an earlier attempt
-  changes nothing.
+  changes nothing. A copy of a later attempt (a resumed run: `db.claims`, whose metrics after its
+  checkpoint `ResultsDB.rewind` removed) replaces the run's metrics and artifacts; one of an
+  earlier attempt changes nothing.
 - A metric the target has with another value is an error (`UserError`): metrics are written
   once, so these are two different runs with one identity.
 So copying a shard again adds and changes nothing.
@@ -78,7 +78,7 @@ def _update(dst, run: dict, have: dict, metrics: dict, artifacts: dict) -> tuple
     diff = {k: v for k, v in run.items() if have[k] != v} if ahead else {}
     if diff:
         dst.execute(update(RUNS).where(RUNS.c.id == run_id).values(diff))
-    if attempt > have_attempt:  # `ResultsDB.restart_run` began again and removed the old rows
+    if attempt > have_attempt:  # a later attempt: `ResultsDB.rewind` may have removed rows
         dst.execute(delete(METRICS).where(METRICS.c.run_id == run_id))
         dst.execute(delete(ARTIFACTS).where(ARTIFACTS.c.run_id == run_id))
     have_metrics, have_artifacts = _rows(dst, run_id) if attempt == have_attempt else ({}, {})

@@ -11,7 +11,7 @@ import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, insert, select, update
 
 from bench.errors import choices
 from db.claims import Claim, claim
@@ -220,41 +220,6 @@ class ResultsDB:
                                         failure="killed")).rowcount:
                     marked.append((run_id, error))
         return marked
-
-    def find_requeued(self, scheduler_job_id: str, config_hash: str,
-                      output_dir: str | None) -> int | None:
-        """The run an earlier attempt of this scheduler job left unfinished (it was requeued, or
-        killed), else None: the same job id, config and job folder, not completed or diverged."""
-        with self._reader.connect() as conn:
-            return conn.scalar(
-                select(Run.id)
-                .where(Run.scheduler_job_id == str(scheduler_job_id),
-                       Run.config_hash == config_hash,
-                       Run.output_dir.is_(None) if output_dir is None
-                       else Run.output_dir == str(output_dir),
-                       Run.status.in_(("running", "failed")))
-                .order_by(Run.id.desc())
-                .limit(1)
-            )
-
-    def restart_run(self, run_id: int, *, device: str = "cpu", threads: int | None = None) -> int:
-        """Continue run `run_id` in a new attempt of its scheduler job, in this process: status
-        'running' again, attempts + 1, and the earlier attempts' metrics and artifacts removed,
-        since training restarts at epoch 1. Returns the attempt's number."""
-        run_id, now = int(run_id), _now()
-        with self.engine.begin() as conn:
-            conn.execute(delete(Metric).where(Metric.run_id == run_id))
-            conn.execute(delete(Artifact).where(Artifact.run_id == run_id))
-            done = conn.execute(
-                update(Run).where(Run.id == run_id).values(
-                    status="running", epochs_done=0, started_at=now, heartbeat_at=now,
-                    ended_at=None, duration_s=None, error=None, host=socket.gethostname(),
-                    pid=os.getpid(), device=str(device),
-                    threads=None if threads is None else int(threads),
-                    attempts=func.coalesce(Run.attempts, 1) + 1))
-            if done.rowcount != 1:
-                raise ValueError(f"no run with id {run_id}")
-            return conn.scalar(select(Run.attempts).where(Run.id == run_id))
 
     def close(self) -> None:
         self.engine.dispose()

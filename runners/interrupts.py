@@ -59,7 +59,7 @@ def requeue_note(epochs_done: int, epochs: int, attempt: int) -> str:
     sig = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")  # submitit's setting
     return (f"requeued by submitit after {sig} (time limit or preemption) with {epochs_done} of "
             f"{epochs} epochs done in attempt {attempt}; the next attempt continues in this row "
-            "and continues from its last checkpoint")
+            "from its last checkpoint")
 
 
 def failure_kind(e: BaseException, launcher: str) -> str:

@@ -176,11 +176,19 @@ def test_silent_runs_and_a_requeued_run_on_postgresql(pg_url):
             db.log_epoch(silent, 1, {("train", "loss"): 0.5})
             conn.execute("UPDATE runs SET heartbeat_at = %s WHERE id = %s", (old, silent))
             assert [i for i, _ in db.mark_silent_runs(300, "a test")] == [silent]
-            assert db.find_requeued("77_1", "0" * 64, "/m/0") == live  # the newest unfinished
+            # The requeued attempt of job 77_1 reopens its unfinished row (`db.claims.claim`), and
+            # starting over removes the earlier attempt's metrics (`ResultsDB.rewind`).
+            def requeue(folder):
+                return db.claim(db.new_row(**RUN, threads=3, scheduler_job_id="77_1", output_dir=folder),
+                                resume=True, stale_after_s=300, scheduler_job_id="77_1",
+                                output_dir=folder)
+
             db.finish(live, "completed")
-            assert db.find_requeued("77_1", "0" * 64, "/m/0") == silent
-            assert db.find_requeued("77_1", "0" * 64, "/m/1") is None  # another job's folder
-            assert db.restart_run(silent, threads=3) == 2
+            # another job's folder: not this job's requeue, so the completed run decides
+            assert (requeue("/m/1").action, requeue("/m/1").run_id) == ("skip", live)
+            got = requeue("/m/0")
+            assert (got.action, got.run_id, got.attempt) == ("resume", silent, 2)
+            db.rewind(silent, 0)
             rows = conn.execute("SELECT status, attempts, threads, host, error, ended_at, "
                                 "(SELECT COUNT(*) FROM metrics WHERE run_id = r.id) FROM runs r "
                                 "WHERE id = %s", (silent,)).fetchall()
