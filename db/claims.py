@@ -45,10 +45,6 @@ def lock_key(config_hash: str) -> int:
     return int(config_hash[:15], 16)
 
 
-def _aware(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t  # SQLite gives back naive UTC
-
-
 def claim(engine, new_row: dict, *, resume: bool, stale_after_s: float,
           scheduler_job_id: str | None = None, output_dir: str | None = None,
           resume_failed: bool = False, retry_diverged: bool = False) -> Claim:
@@ -68,7 +64,7 @@ def claim(engine, new_row: dict, *, resume: bool, stale_after_s: float,
             .where(Run.config_hash == digest).order_by(Run.id.desc())).all()
 
         def alive(r) -> bool:
-            if _aware(r.heartbeat_at) < fresh_after:
+            if r.heartbeat_at < fresh_after:  # aware UTC on every backend: db.schema.UtcDateTime
                 return False
             return r.host != host or r.pid == os.getpid() or _process_alive(r.pid)
 

@@ -31,19 +31,11 @@ FALLBACK_KEY = ("host", "pid", "started_at", "config_hash")  # identity of a run
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
-def _utc(value):
-    # SQLite gives back naive UTC, PostgreSQL aware times in the session's zone: compare and
-    # write both as aware UTC, so a copy from one to the other keeps the instant.
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value
-
-
 def _progress(run) -> tuple:
     """How far a copy of a run has got: its attempts (a requeue continues in the same row), then
     its last heartbeat (every epoch), then whether it ended (`finish` and `mark_stale_runs` leave
     the heartbeat as it was)."""
-    return (run.get("attempts") or 1, _utc(run.get("heartbeat_at")) or EARLIEST,
+    return (run.get("attempts") or 1, run.get("heartbeat_at") or EARLIEST,
             run.get("ended_at") is not None)
 
 
@@ -58,7 +50,7 @@ def _find(dst, run):
     else:
         where = [RUNS.c.uid.is_(None), *(RUNS.c[k] == run[k] for k in FALLBACK_KEY)]
     found = dst.execute(select(RUNS).where(*where).order_by(RUNS.c.id).limit(1)).mappings().first()
-    return None if found is None else {k: _utc(v) for k, v in found.items()}
+    return None if found is None else dict(found)
 
 
 def _rows(conn, run_id: int) -> tuple[dict, dict]:
@@ -106,7 +98,9 @@ def merge_shard(src, dst) -> tuple[int, int, int]:
     columns = [c for c in RUNS.columns if c.name != "id" and c.name in present]
     added = updated = metric_rows = 0
     for shard_run in src.execute(select(RUNS.c.id, *columns).order_by(RUNS.c.id)).mappings().all():
-        run = {c.name: _utc(shard_run[c.name]) for c in columns}
+        # Times read back aware and in UTC from either backend (db.schema.UtcDateTime), so a copy
+        # from one to the other keeps the instant.
+        run = {c.name: shard_run[c.name] for c in columns}
         metrics, artifacts = _rows(src, shard_run["id"])
         have = _find(dst, run)
         if have is None:

@@ -97,7 +97,7 @@ All times are UTC. SQLite has no time zone type: times are stored as naive UTC t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -109,6 +109,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -122,8 +123,18 @@ FINAL_STATUSES = STATUSES[1:]
 # runs.failure: why a 'failed' run failed; every kind but 'error' is resumed by a rerun.
 FAILURES = ("error", "killed", "sigterm", "interrupt", "requeued", "checkpoint")
 
-# Timezone-aware in Python; SQLite drops the zone (we always write UTC), PostgreSQL keeps it.
-UtcDateTime = DateTime(timezone=True)
+class UtcDateTime(TypeDecorator):
+    """A time, aware and in UTC in Python on every backend. SQLite stores no zone (we always
+    write UTC) and gives back naive times; PostgreSQL gives back the session's zone (PGTZ):
+    read back, both are UTC here, so no reader has to mend them."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -151,8 +151,6 @@ class ResultsDB:
             started = conn.scalar(select(Run.started_at).where(Run.id == run_id))
             if started is None:
                 raise ValueError(f"no run with id {run_id}")
-            if started.tzinfo is None:  # SQLite gives back naive UTC
-                started = started.replace(tzinfo=UTC)
             conn.execute(
                 update(Run)
                 .where(Run.id == run_id)
