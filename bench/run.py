@@ -29,27 +29,28 @@ from runners.validate import CONF_DIR
 log = logging.getLogger("bench")
 
 
-def launcher_name() -> str:
-    """The launcher that started this job (`hydra/launcher=NAME`); 'basic' for a run without -m,
-    which Hydra runs in this process whatever the launcher."""
+def _hydra(multirun: bool = False):
+    """This job's Hydra config; None outside Hydra (a test calling these directly), and, with
+    `multirun`, for a single run too."""
     try:
         hc = HydraConfig.get()
     except ValueError:
-        return "basic"
-    if hc.mode != RunMode.MULTIRUN:
-        return "basic"
-    return hc.runtime.choices.get("hydra/launcher") or "basic"
+        return None
+    return None if multirun and hc.mode != RunMode.MULTIRUN else hc
+
+
+def launcher_name() -> str:
+    """The launcher that started this job (`hydra/launcher=NAME`); 'basic' for a run without -m,
+    which Hydra runs in this process whatever the launcher."""
+    hc = _hydra(multirun=True)
+    return (hc.runtime.choices.get("hydra/launcher") if hc else None) or "basic"
 
 
 def batch_jobs() -> int:
     """How many jobs Hydra launched together with this one, this one included: its batch of the
     sweep (`hydra.sweeper.max_batch_size` jobs at a time, the rest in the last; the whole
     sweep when unset), as the sweeper splits it. 1 for a single run."""
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return 1
-    if hc.mode != RunMode.MULTIRUN:
+    if (hc := _hydra(multirun=True)) is None:
         return 1
     total = int(hc.job.env_set.get(cli.SWEEP_JOBS_KEY, 1))
     size = OmegaConf.select(hc, "sweeper.max_batch_size") or total
@@ -59,52 +60,39 @@ def batch_jobs() -> int:
 def parallel_jobs() -> int:
     """How many jobs run on this machine at once, this one included (`threads=auto` divides
     the cores among them): `bench.launchers.jobs_at_once` for this launcher and batch."""
-    try:
-        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs")
-    except ValueError:
+    if (hc := _hydra()) is None:
         return 1
-    return jobs_at_once(launcher_name(), batch_jobs(), usable_cores(), n_jobs)
+    return jobs_at_once(launcher_name(), batch_jobs(), usable_cores(),
+                        OmegaConf.select(hc, "launcher.n_jobs"))
 
 
 def job_label() -> str:
     """'job #3 (4 of 12)' in a sweep: Hydra's job number (its folder under multirun/) and its
     place in the sweep; '' for a single run."""
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return ""
-    if hc.mode != RunMode.MULTIRUN:
+    if (hc := _hydra(multirun=True)) is None:
         return ""
     total = hc.job.env_set.get(cli.SWEEP_JOBS_KEY)
     return f"job #{hc.job.num} ({hc.job.num + 1} of {total})" if total else f"job #{hc.job.num}"
 
 
 def job_overrides() -> str:
-    """This job's other command-line overrides (not in `runners.job.DESCRIBED`), as typed."""
+    """This job's other command-line overrides (not in `runners.job_log.DESCRIBED`), as typed."""
     from runners.job_log import DESCRIBED
 
-    try:
-        overrides = HydraConfig.get().overrides.task
-    except ValueError:
+    if (hc := _hydra()) is None:
         return ""
-    return " ".join(cli.unescape(o) for o in overrides
+    return " ".join(cli.unescape(o) for o in hc.overrides.task
                     if o.split("=", 1)[0].lstrip("+~") not in DESCRIBED)
 
 
 def sweep_pid() -> int | None:
     """The sweep's main process, which the sweeper passes to every job."""
-    try:
-        pid = HydraConfig.get().job.env_set.get(parent_watch.SWEEP_PID_KEY)
-    except ValueError:
-        return None
+    pid = hc.job.env_set.get(parent_watch.SWEEP_PID_KEY) if (hc := _hydra()) else None
     return int(pid) if pid else None
 
 
 def output_dir() -> str | None:
-    try:
-        return HydraConfig.get().runtime.output_dir
-    except ValueError:
-        return None
+    return hc.runtime.output_dir if (hc := _hydra()) else None
 
 
 def single_run_summary(result: dict, url: str) -> str:

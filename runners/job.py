@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.divergence import DivergenceRule
 from bench.errors import Diverged, UserError, one_line
 from runners.interrupts import failure_kind, requeue_note, requeued, sigterm_as_exception
-from runners.job_log import DESCRIBED, describe, epoch_line  # noqa: F401 (DESCRIBED: bench.run's)
+from runners.job_log import describe, epoch_line
 from runners.validate import check_config
 
 # torch, the datasets and the database are imported inside the functions: a mistyped value is

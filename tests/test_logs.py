@@ -17,7 +17,7 @@ from bench.config_hash import config_hash
 from bench.divergence import DivergenceRule
 from bench.errors import UserError
 from hydra_plugins.normbench_sweeper import summary
-from runners import job
+from runners import job_log
 from runners.validate import check_diverge
 
 # --- divergence ---------------------------------------------------------------------------------
@@ -117,16 +117,16 @@ CLASSIFY_EPOCH = {("train", "loss"): 0.41234, ("train", "acc"): 0.9, ("train", "
 
 
 def test_the_epoch_line_shows_the_main_metrics_only():
-    assert job.epoch_line(CLASSIFY_EPOCH) == "train loss 0.4123 | test loss 0.3012 acc 0.9011 | 12.2 s"
+    assert job_log.epoch_line(CLASSIFY_EPOCH) == "train loss 0.4123 | test loss 0.3012 acc 0.9011 | 12.2 s"
     gan = {("train", "d_loss"): 0.02591, ("train", "g_loss"): 4.554, ("train", "d_acc_real"): 1.0,
            ("train", "time_s"): 4.5, ("test", "cfid"): 42.03, ("test", "ckid"): 1.6,
            ("test_precise", "cfid"): 43.5, ("test", "time_s"): 3.2}
-    assert job.epoch_line(gan) == "train d_loss 0.02591 g_loss 4.554 | test cfid 42.03 | 7.7 s"
+    assert job_log.epoch_line(gan) == "train d_loss 0.02591 g_loss 4.554 | test cfid 42.03 | 7.7 s"
     autoencode = {("train", "loss"): 0.08, ("train", "mse"): 0.08, ("test", "loss"): 0.0802,
                   ("test", "mse"): 0.0802}
-    assert job.epoch_line(autoencode) == "train loss 0.08 | test loss 0.0802"
+    assert job_log.epoch_line(autoencode) == "train loss 0.08 | test loss 0.0802"
     # The GAN's epoch 0 (scores of the real images, before training): nothing main, DEBUG only.
-    assert job.epoch_line({("test", "cis_real"): 6.7, ("test", "classifier_acc"): 0.97}) is None
+    assert job_log.epoch_line({("test", "cis_real"): 6.7, ("test", "classifier_acc"): 0.97}) is None
 
 
 @pytest.mark.parametrize("text", ["sqlite:///results/bench.db", "sqlite:////tmp/a b/x.db",
@@ -224,7 +224,7 @@ def test_a_folder_outside_the_working_directory_goes_but_not_its_parents(tmp_pat
 
 def test_the_job_line_names_settings_threads_and_other_overrides(monkeypatch):
     cfg = compose_config("dataset=digits", "epochs=3", "norm=gn", "bs=32", "optim=sgd")
-    assert job.describe(cfg, "cpu", 1, "optim=sgd dataset.train_subset=256") == (
+    assert job_log.describe(cfg, "cpu", 1, "optim=sgd dataset.train_subset=256") == (
         "classify digits/convnet norm=gn bs=32 lr=0.001 seed=0 epochs=3 on cpu, 1 thread "
         "[optim=sgd dataset.train_subset=256]")
-    assert re.search(r"on cuda:0, 8 threads \[", job.describe(cfg, "cuda:0", 8, "optim=sgd"))
+    assert re.search(r"on cuda:0, 8 threads \[", job_log.describe(cfg, "cuda:0", 8, "optim=sgd"))
