@@ -94,6 +94,8 @@ class Checkpoint:
         self.parts: dict = {}
         self.generators: dict[str, torch.Generator] = {}
         self.state: dict | None = None  # what `load` found, applied by `attach`
+        self.epoch_saved = 0  # the last epoch saved by this process, or loaded
+        self.resumed = ""  # what the run continues (`runners.resume`), for the job's first line
 
     @classmethod
     def off(cls) -> "Checkpoint":
@@ -179,9 +181,6 @@ class Checkpoint:
             return False
         self.epoch_saved = int(epoch)
         return True
-
-    epoch_saved = 0  # the last epoch saved by this process, or loaded
-    resumed = ""  # what the run continues (`runners.resume`), for the job's first line
 
     def remove(self) -> None:
         """Delete the file (a finished run with checkpoint.keep=false), and its folder if empty."""

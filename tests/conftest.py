@@ -277,6 +277,16 @@ def assert_every_parameter_learns(model: torch.nn.Module) -> None:
         n for n, p in weights if not p.grad.abs().max() > 0]
 
 
+def randomize(layer: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """`layer` with every parameter drawn from N(0, 1): a norm's affine parameters away from
+    their 1 and 0, so a test sees them used."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return layer
+
+
 def query(path: Path, sql: str, *params):
     """Rows of `sql` on the SQLite file at `path`, read with the sqlite3 module (not our ORM)."""
     with sqlite3.connect(path) as con:

@@ -7,6 +7,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize
 from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.utils import parametrize
@@ -26,14 +27,6 @@ def normalize(x, mean, var, eps):
 
 def batch_stats(x):
     return x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
-
-
-def randomize(layer, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return layer
 
 
 def affine(y, layer):

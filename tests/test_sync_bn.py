@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import randomize
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -29,14 +30,6 @@ CASES = [("sync_bn64", "sync_bn", torch.float64), ("sync_bn32", "sync_bn", torch
 def data(dtype, seed=0, shape=(WORLD * PER_REPLICA, C, 5, 3)):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g) * 3 + 1).to(dtype), torch.randn(shape, generator=g).to(dtype)
-
-
-def randomized(layer, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return layer
 
 
 def tiny_net():
@@ -68,7 +61,7 @@ def _worker(rank, port, out):
         res = {}
         for key, norm, dtype in CASES:
             x, g = data(dtype)
-            layer = randomized(make_norm(norm, momentum=0.3)(C)).to(dtype)
+            layer = randomize(make_norm(norm, momentum=0.3)(C)).to(dtype)
             res[key] = forward_backward(layer, x[share], g[share])
         # A training step under DistributedDataParallel (which refuses nn.SyncBatchNorm on the CPU):
         # each replica's loss is the mean over its 8 samples, DDP averages the gradients.
@@ -114,7 +107,7 @@ def run_replicas(out):
 
 
 def reference(layer, x, g):
-    return forward_backward(randomized(layer), x, g)
+    return forward_backward(randomize(layer), x, g)
 
 
 def test_two_gloo_replicas_against_one_process_batchnorm(tmp_path):
