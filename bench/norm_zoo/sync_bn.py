@@ -1,22 +1,15 @@
 """Synchronized BatchNorm: batch statistics over the global batch of all data-parallel replicas."""
 
-import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules._functions import SyncBatchNorm as torch_sync_batch_norm
 
+from bench.ddp import AllReduceSum
 from bench.norm_zoo import check_eps, check_flag, check_momentum
 from bench.norm_zoo.batch_variants import DIMS, _c, update_running_stats
-
-# torch 2.14 marks torch.distributed.nn.functional.all_reduce deprecated (a FutureWarning on every
-# call site) in favour of the private torch.distributed._functional_collectives.all_reduce; the
-# public one is still the documented differentiable collective
-# (https://pytorch.org/docs/stable/distributed.html#autograd-enabled-communication-primitives).
-warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated",
-                        category=FutureWarning)
 
 
 def sync_world_size(group=None) -> int:
@@ -30,7 +23,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     of the default torch.distributed process group (Ioffe & Szegedy's BN over the global batch, as
     `torch.nn.SyncBatchNorm`).
 
-    - No process group, a world size of 1, or eval mode: exactly nn.BatchNorm2d (its own forward).
+    - No process group, a world size of 1, eval mode, or inside `local_statistics`: exactly
+      nn.BatchNorm2d (its own forward).
     - CUDA input: the autograd function `torch.nn.SyncBatchNorm` runs (PyTorch's kernels: an
       all_gather of per-rank mean/invstd/count, one all_reduce in backward).
     - CPU input: torch refuses nn.SyncBatchNorm on the CPU (its forward raises "SyncBatchNorm
@@ -38,7 +32,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
       layers only work with GPU modules" for any module that *is* an nn.SyncBatchNorm, which is
       why this class is a BatchNorm2d and not its subclass). Here each process sums x and x^2 per
       channel (accumulated in float64) and counts its B*H*W values; one differentiable
-      all_reduce of [sums, squares, count] gives the global mean and biased variance. Its
+      all_reduce of [sums, squares, count] (`bench.ddp.AllReduceSum`, timed as communication)
+      gives the global mean and biased variance. Its
       backward all-reduces the gradients of those statistics, so each replica's input gradient
       is the global-batch BN gradient (the sum over replicas' losses). Cost, measured on this
       2-core machine: 2 gloo replicas under DDP, two conv+norm layers, 16x3x28x28 per replica:
@@ -50,9 +45,12 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
     It is a `_BatchNorm`, so `bench.precise_bn` and `bench.bn_eval` treat it as BN. Caveat for
     data-parallel runs: every training-mode forward is a collective, so all processes of the group
-    must make it together (PreciseBN's pass and the batch-statistics evaluation run the layers in
-    training mode); a forward on one process alone waits for the others forever.
+    must make it together; a forward on one process alone waits for the others until the group's
+    timeout. Evaluation, which one replica does alone (PreciseBN's pass and the batch-statistics
+    evaluation run the layers in training mode), runs inside `local_statistics`.
     """
+
+    local = False  # set by `local_statistics`: statistics of this process's input only
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True):
@@ -64,7 +62,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         world = sync_world_size(self.process_group)
-        if not self.training or world == 1:
+        if not self.training or world == 1 or self.local:
             return super().forward(x)
         self._check_input_dim(x)
         if x.device.type != "cpu":
@@ -88,7 +86,7 @@ def global_batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     local = torch.cat([xs.sum(DIMS, dtype=torch.float64), xs.square().sum(DIMS, dtype=torch.float64),
                        torch.full((1,), x.numel() // x.shape[1], dtype=torch.float64)])
-    total = dist_fn.all_reduce(local, group=group if group is not None else dist.group.WORLD)
+    total = AllReduceSum.apply(local, group if group is not None else dist.group.WORLD)
     c, n = x.shape[1], float(total[-1].detach())
     if n < 2:  # the unbiased running variance needs two values; nn.BatchNorm2d raises the same
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
@@ -99,3 +97,17 @@ def global_batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     if weight is not None:
         y = y * _c(weight) + _c(bias)
     return y.to(x.dtype), mean, var, n
+
+
+@contextmanager
+def local_statistics(model: nn.Module):
+    """Within the block, `model`'s SyncBatchNorm2d layers are plain BN over this process's input:
+    for the evaluation one replica makes alone, as one process would (`runners.replicas`)."""
+    layers = [m for m in model.modules() if isinstance(m, SyncBatchNorm2d)]
+    for m in layers:
+        m.local = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.local = False
