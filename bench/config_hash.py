@@ -15,9 +15,26 @@ import json
 BOOKKEEPING_KEYS = ("db", "resume", "progress", "device", "threads", "data_root", "channels_last",
                     "checkpoint")
 
+# Of `ddp` (data parallelism), what changes the result; the port, timeout and oversubscription
+# are bookkeeping.
+DDP_RESULT_KEYS = ("replicas", "buffers")
+
+
+def ddp_setting(config: dict) -> dict:
+    """What of config's `ddp` decides the result: {'replicas': 1} for a one-process run (also
+    what every config from before `ddp` existed describes; how buffers are reconciled means
+    nothing there), else the replicas and `buffers`."""
+    ddp = config.get("ddp") or {}
+    if ddp.get("replicas", 1) == 1:
+        return {"replicas": 1}
+    return {k: ddp[k] for k in DDP_RESULT_KEYS if k in ddp}
+
 
 def config_hash(config: dict) -> str:
     """sha256 of the config that decides the result (bookkeeping keys removed), canonical JSON."""
     kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+    kept.pop("ddp", None)
+    if (ddp := ddp_setting(config))["replicas"] != 1:  # one process: the hash it always had
+        kept["ddp"] = ddp
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

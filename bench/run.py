@@ -97,6 +97,9 @@ def output_dir() -> str | None:
 
 def single_run_summary(result: dict, url: str) -> str:
     """The last line of a run without -m."""
+    if result["status"] == "replica":  # rank 1.. of replicas torchrun or submitit started
+        done = "trained" if result["word"] == "train" else "skipped"
+        return f"replica {result['rank']}: done ({done}); rank 0 logs and writes the run"
     if result["status"] == "skipped":
         # why: already completed, diverged (a result), or running elsewhere (runners.resume)
         why = result.get("why") or f"run id {result['run_id']} already completed this config"

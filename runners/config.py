@@ -94,6 +94,36 @@ def check_model(cfg: DictConfig) -> tuple[int, ...]:
     channels, size, classes = data_shape(cfg)
     model = meta_safe(model_from_config(cfg, channels, classes, size))
     out = check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size)))
+    _check_one_sample(cfg, model, channels, size)
     optimizer_from_config(cfg, model.parameters())
     check_scheduler(cfg.sched.name, **group_kwargs(cfg.sched))
     return tuple(out.shape)
+
+
+def stats_batch(cfg: DictConfig) -> int:
+    """The samples a batch-statistics layer normalizes over in training: bs per micro-batch
+    (accum_steps) and per replica (ddp.replicas), except `sync_bn`, whose statistics are over
+    every replica's share (with one replica, plain BN over bs / accum_steps)."""
+    per = cfg.bs // cfg.accum_steps
+    return per if cfg.norm.name == "sync_bn" else per // cfg.ddp.replicas
+
+
+def _check_one_sample(cfg: DictConfig, model, channels: int, size: int) -> None:
+    """A batch-statistics layer given 1 sample fails where the model's feature map is 1x1 (one
+    value per channel: no variance). Caught on the meta device, before any work."""
+    if stats_batch(cfg) != 1:
+        return
+    try:
+        model(torch.empty(1, channels, size, size))
+    except ValueError as e:
+        if "value per channel" not in str(e):
+            raise
+        r, k = cfg.ddp.replicas, cfg.accum_steps
+        where = " per replica" if r > 1 else ""
+        where += " per micro-batch" if k > 1 else ""
+        alone = " (sync_bn with one replica is plain BN)" if cfg.norm.name == "sync_bn" else ""
+        sync = ", or norm=sync_bn (statistics over all replicas)" if r > 1 else ""
+        raise UserError(f"bs={cfg.bs} leaves norm '{cfg.norm.name}'{alone} 1 sample{where}, and "
+                        f"model '{cfg.model.name}' has 1x1 feature maps at {size} px: batch "
+                        f"statistics need 2 values per channel (allowed: bs >= {2 * r * k}{sync})"
+                        ) from None

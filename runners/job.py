@@ -115,10 +115,16 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
     from db import ResultsDB
     from runners import RUNNERS
     from runners.config import load_data
+    from runners.replicas import check_launched, dismiss, follow, launched
     from runners.resume import claim_run
 
     device = pick_device(cfg.device)
-    threads = set_threads(cfg.threads, parallel_jobs)
+    # Each replica of a data-parallel run (ddp.replicas) is a process with this many threads.
+    threads = set_threads(cfg.threads, parallel_jobs * cfg.ddp.replicas)
+    if (outside := launched()) is not None:  # one of replicas that torchrun or submitit started
+        check_launched(cfg, outside)
+        if outside.rank > 0:
+            return follow(cfg, outside, threads)
     seed_everything(cfg.seed)
     data = load_data(cfg)
     runner = RUNNERS[cfg.task.name]
@@ -129,6 +135,7 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
         if cfg.resume and (done := db.find_completed(digest)) is not None:  # before prepare: fast
             log.info("%sskipped: run id %d already completed this config (resume=false to run "
                      "again): %s", f"{label}: " if label else "", done, what)
+            dismiss(cfg, device)
             return {"run_id": done, "status": "skipped"}
         runner.prepare(cfg, data, device)  # a UserError here writes no run
         run_id, attempt, checkpoint, skip = claim_run(
@@ -136,6 +143,7 @@ def run_job(cfg: DictConfig, *, label: str = "", overrides: str = "", parallel_j
             launcher=launcher, scheduler_job_id=scheduler_job_id)
         if skip is not None:
             log.info("%sskipped: %s: %s", f"{label}: " if label else "", skip["why"], what)
+            dismiss(cfg, device)
             return skip
         if attempt > 1:
             what += f"; attempt {attempt}: {checkpoint.resumed}, " + (

@@ -15,12 +15,14 @@ def describe(cfg: DictConfig, device, threads: int, overrides: str = "") -> str:
     text = (f"{cfg.task.name} {ds.name}/{cfg.model.name} norm={cfg.norm.name} bs={cfg.bs} "
             f"lr={cfg.lr:g} seed={cfg.seed} epochs={cfg.epochs} on {device}, "
             f"{threads} thread{'s' if threads != 1 else ''}")
+    if (replicas := cfg.ddp.replicas) > 1:
+        text += f" x {replicas} replicas ({cfg.bs // replicas} samples each)"
     return f"{text} [{overrides}]" if overrides else text
 
 
 # Keys `describe` already shows, and db.url, which the sweep's first and last lines name.
 DESCRIBED = ("task", "dataset", "model", "norm", "bs", "lr", "seed", "epochs", "device", "threads",
-             "db.url")
+             "db.url", "ddp.replicas")
 
 # The test metrics the INFO line shows: each task's headline numbers (classify loss and acc,
 # autoencode loss = mse, the GAN's cfid); everything else is at DEBUG and in the database.

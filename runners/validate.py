@@ -150,6 +150,62 @@ def check_diverge(cfg: DictConfig) -> None:
     if not _off_or(max_loss, lambda v: v > 0):
         fail("diverge.max_loss", max_loss, "is not allowed", f"a positive number, {off}")
 
+def _check_ddp_values(cfg: DictConfig) -> None:
+    """`ddp` settings that need no torch (runners/replicas.py): the replica count divides bs
+    (and each replica's share divides into accum_steps micro-batches)."""
+    d = cfg.ddp
+    r = require_int("ddp.replicas", d.replicas, lo=1)
+    require_choice("ddp.buffers", d.buffers, ("average", "broadcast"))
+    require_int("ddp.port", d.port, lo=1, hi=65535, or_words=("auto",))
+    require_number("ddp.timeout_s", d.timeout_s, gt=0)
+    require_bool("ddp.oversubscribe", d.oversubscribe)
+    if cfg.bs % r:
+        divisors = ", ".join(str(k) for k in range(1, cfg.bs + 1) if cfg.bs % k == 0)
+        fail("ddp.replicas", r, f"does not divide bs={cfg.bs} (the global batch, split evenly "
+             f"across replicas)", f"the divisors of bs, {divisors}")
+    per = cfg.bs // r
+    if r > 1 and per % cfg.accum_steps:
+        fail("accum_steps", cfg.accum_steps, f"does not divide the {per} samples per replica "
+             f"(bs={cfg.bs} / ddp.replicas={r})",
+             f"the divisors of {per}, {', '.join(str(k) for k in range(1, per + 1) if per % k == 0)}")
+
+
+def _check_ddp_resources(cfg: DictConfig) -> None:
+    """Replicas against the task, the machine and the port (torch imported)."""
+    r = cfg.ddp.replicas
+    if r == 1:
+        return
+    if cfg.task.name not in ("classify", "autoencode"):
+        fail("ddp.replicas", r, f"is not supported by task {cfg.task.name}",
+             "1, or task=classify or task=autoencode for more")
+    from bench.runtime import pick_device
+    from runners.replicas import launched
+
+    device = pick_device(cfg.device)
+    if launched() is not None:
+        pass  # torchrun or SLURM started the replicas, each with its own cores or GPU
+    elif device.type == "cuda":
+        import torch
+
+        have = torch.cuda.device_count() - (device.index or 0)
+        if r > have:
+            fail("ddp.replicas", r, f"needs one GPU each: {have} from {device} on", f"1..{have}")
+    elif device.type != "cpu":
+        fail("ddp.replicas", r, f"is not supported on {device}", "1, or device=cpu or cuda")
+    else:
+        from bench.launchers import usable_cores
+
+        cores = usable_cores()
+        if r > cores and not cfg.ddp.oversubscribe:
+            fail("ddp.replicas", r, f"is more than the {cores} CPU cores this process may use "
+                 f"(ddp.oversubscribe=true allows it, at a cost)", f"1..{cores}")
+    from bench.ddp import port_is_free
+
+    if cfg.ddp.port != "auto" and not port_is_free(cfg.ddp.port):
+        fail("ddp.port", cfg.ddp.port, "is already taken on 127.0.0.1",
+             "a free port, or auto for one the system picks")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no training: names, ranges, batch size vs data, the model builds.
 
@@ -160,6 +216,7 @@ def check_config(cfg: DictConfig) -> None:
     check_no_password(cfg.db.url)
     check_diverge(cfg)
     _check_plain_values(cfg)
+    _check_ddp_values(cfg)
 
     import torch
 
@@ -201,5 +258,6 @@ def check_config(cfg: DictConfig) -> None:
     # The task builds its model on the meta device: shapes and layer settings are checked (a
     # group count that does not divide a layer, a norm's or optimizer's setting out of range)
     # without allocating.
+    _check_ddp_resources(cfg)
     with torch.device("meta"):
         RUNNERS[cfg.task.name].check(cfg)
