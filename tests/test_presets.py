@@ -18,6 +18,7 @@ RENAMED = {
     "seed000_classify": "classifier_bn_vs_none",
     "seed000_autoencode": "autoencoder_bn_vs_none",
     "seed001_gan": "gan_discriminator_norm",
+    "seed001_ddp": "data_parallel_bn",
     "seed002_large_batch": "large_batch_ema",
     "seed003_imagenette": "replacing_bn",
     "seed004_precise_bn": "precise_bn",
