@@ -62,6 +62,16 @@ def requeue_note(epochs_done: int, epochs: int, attempt: int) -> str:
             "from its last checkpoint")
 
 
+class ReplicaFailed(RuntimeError):
+    """Another replica of a data-parallel run died, failed or could not start
+    (`runners.replicas`); the message is its error. `killed`: a signal ended it (from outside,
+    as a SIGKILLed job: resumed by a rerun), not an exception of its own."""
+
+    def __init__(self, message: str, killed: bool = False):
+        super().__init__(message)
+        self.killed = killed
+
+
 def failure_kind(e: BaseException, launcher: str) -> str:
     """runs.failure for a run ended by `e` (`db.schema.FAILURES`): every kind but 'error' (an
     exception of the run's own code, which would happen again) is resumed by a rerun."""
@@ -70,6 +80,8 @@ def failure_kind(e: BaseException, launcher: str) -> str:
     if isinstance(e, Terminated):
         return "sigterm"
     if isinstance(e, ParentDied):  # the sweep's process died or was stopped: bench/parent_watch.py
+        return "killed"
+    if isinstance(e, ReplicaFailed) and e.killed:
         return "killed"
     if isinstance(e, KeyboardInterrupt):
         return "interrupt"

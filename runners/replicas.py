@@ -32,12 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import ddp
 from bench.errors import UserError, one_line
+from runners.interrupts import ReplicaFailed
 
 READY_GRACE_S = 5  # after an error in rank 0: how long the others get to report theirs
-
-
-class ReplicaFailed(RuntimeError):
-    """Another replica of the run died, failed or could not start; the message is its error."""
 
 
 def replica_device(device: torch.device, rank: int) -> torch.device:
@@ -158,14 +155,17 @@ def run_replicated(cfg: DictConfig, data, device: torch.device, log_epoch, check
     except (ReplicaFailed, KeyboardInterrupt):
         raise
     except Exception as e:
-        if (why := _failed_replica(procs, news, reports, READY_GRACE_S)) is not None:
-            raise ReplicaFailed(why) from e
+        if (failed := _failed_replica(procs, news, reports, READY_GRACE_S)) is not None:
+            raise failed from e
+        if "timed out" in str(e).lower():  # gloo's words for a collective past the timeout
+            raise ReplicaFailed(f"a collective waited longer than ddp.timeout_s="
+                                f"{cfg.ddp.timeout_s:g} s (a replica hung?): {one_line(e)}") from e
         raise
     finally:
         ddp.leave()
         _stop(procs)
-    if (why := _failed_replica(procs, news, reports, 0)) is not None:
-        raise ReplicaFailed(why)
+    if (failed := _failed_replica(procs, news, reports, 0)) is not None:
+        raise failed
 
 
 @contextmanager
@@ -231,28 +231,29 @@ def _wait_ready(procs, news, n: int, timeout_s: float, reports: dict[int, str]) 
     ready, deadline = set(), time.monotonic() + timeout_s
     while len(ready) < n:
         ready |= _drain(news, reports)
-        if (why := _failed_replica(procs, news, reports, 0)) is not None:
-            raise ReplicaFailed(why)
+        if (failed := _failed_replica(procs, news, reports, 0)) is not None:
+            raise failed
         if time.monotonic() > deadline:
             raise ReplicaFailed(f"replicas {sorted(set(range(1, n + 1)) - ready)} were not ready "
                                 f"after ddp.timeout_s={timeout_s:g} s")
         time.sleep(0.02)
 
 
-def _failed_replica(procs, news, reports: dict[int, str], grace_s: float) -> str | None:
-    """'replica 1 died: <its error>' for the first replica that exited with an error (waiting
-    up to grace_s for one to), None when none did."""
+def _failed_replica(procs, news, reports: dict[int, str], grace_s: float) -> ReplicaFailed | None:
+    """ReplicaFailed('replica 1 of 2 died: <its error>') for the first replica that exited with
+    an error (waiting up to grace_s for one to), None when none did."""
     deadline = time.monotonic() + grace_s
     while True:
         _drain(news, reports)
         for i, p in enumerate(procs.processes):
             if p.exitcode not in (None, 0):
                 rank = i + 1
-                text = reports.get(rank)
+                text, killed = reports.get(rank), p.exitcode < 0 and rank not in reports
                 if text is None:
                     text = (f"killed by {signal.Signals(-p.exitcode).name}" if p.exitcode < 0
                             else f"exit code {p.exitcode} (its own error, if any, is on stderr above)")
-                return f"replica {rank} of {len(procs.processes) + 1} died: {text}"
+                return ReplicaFailed(f"replica {rank} of {len(procs.processes) + 1} died: {text}",
+                                     killed=killed)
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)

@@ -7,6 +7,7 @@ virtual_bs=16 in one process (BN over each half of every batch). Training numeri
 float32 summation order only (the replicas' gradients are averaged by an all-reduce).
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -63,13 +64,10 @@ def test_two_replicas_train_as_one_process_on_the_global_batch(bench, tmp_path):
     assert ("train", "comm_s") not in bn
 
 
-def test_a_dead_replica_fails_the_run_at_once_with_its_error(tmp_path):
-    proc = start_bench(tmp_path, *SMALL, "dataset.train_subset=512", "epochs=50",
-                       "ddp.replicas=2")
-    db = tmp_path / "bench.db"
-    child = None
+def _second_replica(proc, db):
+    """The pid of the replica `proc` (rank 0) started, once the run has logged an epoch."""
     deadline = time.monotonic() + 120
-    while child is None and time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
         try:
             started = query(db, "select count(*) from metrics")[0][0] > 0
@@ -77,16 +75,44 @@ def test_a_dead_replica_fails_the_run_at_once_with_its_error(tmp_path):
             started = False
         if started:
             child = next((pid for pid in _children(proc.pid) if "spawn_main" in _cmdline(pid)), None)
-    assert child is not None, "the run never trained with a second replica"
+            if child is not None:
+                return child
+    pytest.fail("the run never trained with a second replica")
+
+
+def test_a_dead_replica_fails_the_run_at_once_with_its_error(tmp_path):
+    proc = start_bench(tmp_path, *SMALL, "dataset.train_subset=512", "epochs=50",
+                       "ddp.replicas=2")
+    db = tmp_path / "bench.db"
+    child = _second_replica(proc, db)
     t0 = time.monotonic()
     os.kill(child, signal.SIGKILL)
     proc.wait(timeout=60)
     assert time.monotonic() - t0 < 30
     assert proc.returncode != 0
     status, error, failure = query(db, "select status, error, failure from runs")[0]
-    assert status == "failed" and failure == "error"
+    # killed from outside, as a SIGKILLed job is: a rerun continues it from its checkpoint
+    assert status == "failed" and failure == "killed"
     assert error == "ReplicaFailed: replica 1 of 2 died: killed by SIGKILL"
     assert 1 <= query(db, "select max(epoch) from metrics")[0][0] < 50
+
+
+@pytest.mark.slow
+def test_a_hung_replica_fails_the_run_after_the_timeout(tmp_path):
+    proc = start_bench(tmp_path, *SMALL, "dataset.train_subset=512", "epochs=50",
+                       "ddp.replicas=2", "ddp.timeout_s=10")
+    db = tmp_path / "bench.db"
+    child = _second_replica(proc, db)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # rank 0 kills what it cannot stop
+            os.kill(child, signal.SIGKILL)
+    status, error = query(db, "select status, error from runs")[0]
+    assert status == "failed"
+    assert error.startswith("ReplicaFailed: a collective waited longer than ddp.timeout_s=10 s "
+                            "(a replica hung?): ")
 
 
 def _children(pid):
