@@ -1,4 +1,5 @@
-"""sync_bn against nn.BatchNorm2d on the whole batch, with two real gloo processes on this machine.
+"""sync_bn against nn.BatchNorm2d on the whole batch, with two real gloo processes on this machine,
+and the data-parallel pieces of `bench.ddp` (buffers reconciled, each replica's share, sums).
 
 One spawn of 2 processes (4.1 s on 2 cores, measured, most of it starting them) runs every distributed
 case and saves what it computed; the tests compare that with references computed here, in one
@@ -17,6 +18,7 @@ from conftest import randomize
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from bench import ddp
 from bench.norm_zoo.sync_bn import global_batch_norm
 from bench.norms import make_norm
 from bench.precise_bn import stat_layers, update_bn_stats
@@ -78,9 +80,25 @@ def _worker(rank, port, out):
         args = [t.requires_grad_() for t in (x, w, b)]
         res["gradcheck"] = torch.autograd.gradcheck(
             lambda *a: global_batch_norm(*a, eps=1e-3, group=groups[rank])[0], args)
+        res["ddp"] = ddp_pieces(ddp.Replica(rank, WORLD))
         torch.save(res, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def ddp_pieces(replica):
+    results = {}
+    for mode in ddp.BUFFER_MODES:
+        layer = nn.BatchNorm2d(3)
+        layer.running_mean.fill_(replica.rank + 1.0)  # rank 0: 1, rank 1: 2
+        layer.running_var.fill_(4.0 * (replica.rank + 1))
+        layer.num_batches_tracked.fill_(7)
+        ddp.reconcile_buffers(layer, mode, WORLD)
+        results[mode] = {k: v.clone() for k, v in layer.state_dict().items()}
+    results["share"] = ddp.share(torch.arange(8.0).reshape(8, 1), replica)
+    results["sum"] = ddp.add_up(torch.tensor([replica.rank + 1.0, 10.0]))
+    results["word"] = ddp.decide(replica, "train" if replica.leader else None)
+    return results
 
 
 def free_port() -> int:
@@ -120,6 +138,20 @@ def test_two_gloo_replicas_against_one_process_batchnorm(tmp_path):
     # torch.autograd.gradcheck (finite differences, float64) of global_batch_norm through the real
     # all_reduce over a group of one process (two replicas are checked against BN's gradient above)
     assert all(r["gradcheck"] for r in replicas)
+    check_buffers_are_averaged_or_left_as_rank_0s_and_each_replica_gets_its_share(replicas)
+
+
+def check_buffers_are_averaged_or_left_as_rank_0s_and_each_replica_gets_its_share(replicas):
+    r0, r1 = (r["ddp"] for r in replicas)
+    for r in (r0, r1):
+        assert torch.equal(r["average"]["running_mean"], torch.full((3,), 1.5))
+        assert torch.equal(r["average"]["running_var"], torch.full((3,), 6.0))
+        assert int(r["average"]["num_batches_tracked"]) == 7
+        assert torch.equal(r["sum"], torch.tensor([3.0, 20.0]))
+        assert r["word"] == "train"  # rank 0's, at every rank
+    assert torch.equal(r0["broadcast"]["running_mean"], torch.full((3,), 1.0))  # untouched
+    assert torch.equal(r1["broadcast"]["running_mean"], torch.full((3,), 2.0))
+    assert torch.equal(torch.cat([r0["share"], r1["share"]]), torch.arange(8.0).reshape(8, 1))
 
 
 def check_sync_bn_is_batchnorm_on_the_whole_batch(replicas, name, dtype, tol):
