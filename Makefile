@@ -45,7 +45,7 @@ browser: ## Debian's Chromium, for the report's browser check (needs root; optio
 		apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null && echo "Chromium: installed"; \
 	else echo "Chromium: run 'sudo apt-get install chromium' (optional)"; fi
 
-test: install ## the fast tests (under 2 minutes on 2 idle cores)
+test: install ## the fast tests (about 3.5 minutes on 2 idle cores)
 	$(PY) -m pytest -m "not slow" -n 2 -q
 
 test-all: install ## every test, the slow ones too

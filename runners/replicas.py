@@ -152,9 +152,9 @@ def run_replicated(cfg: DictConfig, data, device: torch.device, log_epoch, check
         ddp.rendezvous(ddp.Replica(0, world), port, device, cfg.ddp.timeout_s)
         train(cfg, data, device, log_epoch, RUNNERS[cfg.task.name].OBJECTIVE, checkpoint,
               ddp.Replica(0, world))
-    except (ReplicaFailed, KeyboardInterrupt):
+    except ReplicaFailed:
         raise
-    except Exception as e:
+    except RuntimeError as e:  # a collective's error (DistBackendError is one): who failed?
         if (failed := _failed_replica(procs, news, reports, READY_GRACE_S)) is not None:
             raise failed from e
         if "timed out" in str(e).lower():  # gloo's words for a collective past the timeout
