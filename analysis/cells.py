@@ -15,7 +15,7 @@ import numbers
 import pandas as pd
 
 from bench.config_hash import BOOKKEEPING_KEYS as HASH_IGNORED
-from bench.config_hash import ddp_setting
+from bench.config_hash import agc_setting, ddp_setting
 
 # Always part of a cell, even when constant: the report's sections are (task, dataset, model),
 # its blocks are norms, and the Replacing BatchNorm post's tables always show bs and lr.
@@ -60,8 +60,9 @@ def _tidy(column: pd.Series) -> pd.Series:
 def settings_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: the identity columns, epochs, and every non-bookkeeping config key."""
     # ddp as the hash sees it: replicas 1 for a run from before data parallelism existed too
-    flat = pd.DataFrame([flatten({**c, "ddp": ddp_setting(c)}) for c in runs["config"]],
-                        index=runs.index)
+    # and agc too: clipping 0 for a run from before adaptive gradient clipping existed
+    flat = pd.DataFrame([flatten({**c, "ddp": ddp_setting(c), "agc": agc_setting(c) or {"clipping": 0}})
+                         for c in runs["config"]], index=runs.index)
     columns = {*IDENTITY, "epochs"}  # a config that repeats a column under its plain name
     flat = flat[[k for k in flat.columns if k not in ALIASES and k not in columns and not is_bookkeeping(k)]]
     # Data parallelism, shown where there is some: the replica count once a run had more than
@@ -71,6 +72,14 @@ def settings_table(runs: pd.DataFrame) -> pd.DataFrame:
         flat = flat.drop(columns="ddp.replicas")
     if "ddp.buffers" in flat.columns and flat.loc[multi, "ddp.buffers"].nunique() < 2:
         flat = flat.drop(columns="ddp.buffers")
+    # Adaptive gradient clipping, the same way: lambda once a run clipped, eps and skip_last
+    # where they varied among such runs.
+    clipped = flat["agc.clipping"] > 0
+    if not clipped.any():
+        flat = flat.drop(columns="agc.clipping")
+    for key in ("agc.eps", "agc.skip_last"):
+        if key in flat.columns and flat.loc[clipped, key].nunique() < 2:
+            flat = flat.drop(columns=key)
     flat = flat.apply(_tidy) if len(flat.columns) else flat
     return pd.concat([runs[[*IDENTITY, "epochs"]], flat], axis=1)
 

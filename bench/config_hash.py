@@ -30,11 +30,22 @@ def ddp_setting(config: dict) -> dict:
     return {k: ddp[k] for k in DDP_RESULT_KEYS if k in ddp}
 
 
+def agc_setting(config: dict) -> dict | None:
+    """config's `agc` (adaptive gradient clipping, bench/agc.py) when on (clipping > 0), else None:
+    off is what every config from before `agc` existed describes, and eps and skip_last then change
+    nothing."""
+    agc = config.get("agc") or {}
+    return dict(agc) if agc.get("clipping", 0) else None
+
+
 def config_hash(config: dict) -> str:
     """sha256 of the config that decides the result (bookkeeping keys removed), canonical JSON."""
     kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
     kept.pop("ddp", None)
     if (ddp := ddp_setting(config))["replicas"] != 1:  # one process: the hash it always had
         kept["ddp"] = ddp
+    kept.pop("agc", None)
+    if (agc := agc_setting(config)) is not None:  # off: the hash it always had
+        kept["agc"] = agc
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -5,6 +5,7 @@ the plain arguments of `bench.data`, `bench.models`, `bench.norms`, `bench.optim
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bench.agc import clip_before_step, clipped_params
 from bench.data import dataset_shape, load_dataset
 from bench.data.loader import DeviceBatches
 from bench.errors import UserError, one_line
@@ -43,11 +44,15 @@ def model_from_config(cfg: DictConfig, in_channels: int, num_classes: int, image
                        image_size=image_size, norm_layer=norm_layer, **group_kwargs(cfg.model))
 
 
-def optimizer_from_config(cfg: DictConfig, params, lr: float | None = None,
+def optimizer_from_config(cfg: DictConfig, model: torch.nn.Module, lr: float | None = None,
                           **changes) -> torch.optim.Optimizer:
-    """`optim` over `params` at `lr` (default cfg.lr), with `changes` to its settings."""
-    return build_optimizer(cfg.optim.name, params, cfg.lr if lr is None else lr,
-                           **{**group_kwargs(cfg.optim), **changes})
+    """`optim` over `model`'s parameters at `lr` (default cfg.lr), with `changes` to its settings;
+    with agc.clipping > 0 each step clips the gradients first (`bench.agc`)."""
+    opt = build_optimizer(cfg.optim.name, model.parameters(), cfg.lr if lr is None else lr,
+                          **{**group_kwargs(cfg.optim), **changes})
+    if cfg.agc.clipping:
+        clip_before_step(opt, clipped_params(model, cfg.agc.skip_last), cfg.agc.clipping, cfg.agc.eps)
+    return opt
 
 
 def scheduler_from_config(cfg: DictConfig, opt: torch.optim.Optimizer, total_steps: int):
@@ -95,7 +100,7 @@ def check_model(cfg: DictConfig) -> tuple[int, ...]:
     model = meta_safe(model_from_config(cfg, channels, classes, size))
     out = check_forward(cfg, size, lambda: model(torch.empty(2, channels, size, size)))
     _check_one_sample(cfg, model, channels, size)
-    optimizer_from_config(cfg, model.parameters())
+    optimizer_from_config(cfg, model)
     check_scheduler(cfg.sched.name, **group_kwargs(cfg.sched))
     return tuple(out.shape)
 

@@ -74,8 +74,8 @@ def optimizers(cfg: DictConfig, gan):
                             f"(set task.betas=null, or optim=adam or radam)")
         changes["betas"] = list(cfg.task.betas)
     g_lr = cfg.lr if cfg.task.g_lr is None else cfg.task.g_lr
-    return (optimizer_from_config(cfg, gan.discriminator.parameters(), **changes),
-            optimizer_from_config(cfg, gan.generator.parameters(), g_lr, **changes))
+    return (optimizer_from_config(cfg, gan.discriminator, **changes),
+            optimizer_from_config(cfg, gan.generator, g_lr, **changes))
 
 
 def _check_task(t: DictConfig) -> None:

@@ -77,7 +77,7 @@ def train(cfg: DictConfig, data, device: torch.device, log_epoch, objective: Obj
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order and augmentation
     train, test = batches_from_config(cfg, data, device, gen, signed=objective.signed)
-    opt = optimizer_from_config(cfg, model.parameters())
+    opt = optimizer_from_config(cfg, model)
     sched = scheduler_from_config(cfg, opt, cfg.epochs * len(train))  # None: constant lr
     amp = autocast(device, cfg.amp)
     k = cfg.accum_steps

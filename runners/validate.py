@@ -6,6 +6,7 @@ every job before the first one starts (`runners.job.prepare_sweep`), so a bad va
 loses no work.
 """
 
+import math
 import numbers
 import re
 from pathlib import Path
@@ -113,6 +114,13 @@ def _check_plain_values(cfg: DictConfig) -> None:
     require_bool("dataset.augment.flip", ds.augment.flip)
     if ds.image_size is not None:
         require_int("dataset.image_size", ds.image_size, lo=1)
+    agc, off_or_positive = cfg.agc, "0 (off) or a number > 0"  # bench/agc.py
+    if isinstance(agc.clipping, bool) or not isinstance(agc.clipping, numbers.Real):
+        fail("agc.clipping", agc.clipping, "is not a number", off_or_positive)
+    if not (agc.clipping == 0 or agc.clipping > 0 and math.isfinite(agc.clipping)):  # inf: never clips
+        fail("agc.clipping", agc.clipping, "is not allowed", off_or_positive)
+    require_number("agc.eps", agc.eps, gt=0)  # 0: a zero-init unit's gradient would be zeroed
+    require_bool("agc.skip_last", agc.skip_last)
 
 
 def _check_images(cfg: DictConfig, channels: int, size: int) -> None:

@@ -306,11 +306,14 @@ def test_config_hash_of_every_preset_is_the_reference():
         # `checkpoint` came later, as a bookkeeping key: a config's hash is the one it had
         # before the key existed, so stored runs still resume.
         assert "checkpoint" in config
-        before = {k: v for k, v in config.items() if k not in ("checkpoint", "ddp")}
+        before = {k: v for k, v in config.items() if k not in ("checkpoint", "ddp", "agc")}
         # `ddp` came later too: one replica (every config from before it) leaves the hash as it
         # was; more replicas add the replica count and how BN buffers are reconciled.
         if (ddp := config["ddp"])["replicas"] != 1:
             before["ddp"] = {"replicas": ddp["replicas"], "buffers": ddp["buffers"]}
+        # and `agc`: off (clipping 0, every config from before it) leaves the hash as it was
+        if (agc := config["agc"])["clipping"] != 0:
+            before["agc"] = agc
         assert config_hash(config) == _reference_hash(before), overrides
 
 
