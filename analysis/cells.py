@@ -80,6 +80,12 @@ def settings_table(runs: pd.DataFrame) -> pd.DataFrame:
     for key in ("agc.eps", "agc.skip_last"):
         if key in flat.columns and flat.loc[clipped, key].nunique() < 2:
             flat = flat.drop(columns=key)
+    # SkipInit/Fixup (bench/models/resnet.py), shown once a run used one: a config without the
+    # key (another model, or a run from before it existed) trained plain residuals or none.
+    if "model.residual" in flat.columns:
+        flat["model.residual"] = flat["model.residual"].fillna("plain")
+        if (flat["model.residual"] == "plain").all():
+            flat = flat.drop(columns="model.residual")
     flat = flat.apply(_tidy) if len(flat.columns) else flat
     return pd.concat([runs[[*IDENTITY, "epochs"]], flat], axis=1)
 

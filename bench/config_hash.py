@@ -47,5 +47,7 @@ def config_hash(config: dict) -> str:
     kept.pop("agc", None)
     if (agc := agc_setting(config)) is not None:  # off: the hash it always had
         kept["agc"] = agc
+    if (config.get("model") or {}).get("residual") == "plain":  # plain: the hash it always had
+        kept["model"] = {k: v for k, v in config["model"].items() if k != "residual"}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from bench.checks import require_name
 from bench.errors import UserError, choices
 from bench.launchers import check_launcher
-from runners.validate import CONF_DIR, GROUPS, URL_IN_TEXT, check_no_password, group_options
+from runners.validate import CONF_DIR, GROUPS, URL_IN_TEXT, check_no_password, check_residual, group_options
 
 
 def check_overrides(args: list[str]) -> None:
@@ -85,6 +85,10 @@ def _check_keys(overrides, chosen: dict[str, list[str]]) -> None:
                 parent, _, leaf = key.rpartition(".")
                 node = OmegaConf.select(cfg, parent) if parent else cfg
                 if not OmegaConf.is_dict(node) or leaf not in node:
+                    if key == "model.residual":  # say why: the model has no residual blocks
+                        o = next(o for o in overrides if o.key_or_group == key)
+                        check_residual(cfg.model.name, ",".join(o.sweep_string_iterator())
+                                       if o.is_sweep_override() else o.get_value_element_as_str())
                     # Name the options that decide whether the key exists: its own group's
                     # (norm.groups: norm=bn) and a preset's, which may add keys anywhere.
                     where = " ".join(f"{g}={v}" for g, v in zip(groups, combo, strict=True)

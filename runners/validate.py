@@ -83,8 +83,20 @@ MIN_IMAGE_SIZE = {
 }
 
 
+def check_residual(model: str, value) -> None:
+    """`model.residual` (SkipInit, Fixup: bench/models/resnet.py) only on a model whose config has
+    it; on another, a one line error naming the models that have residual blocks."""
+    configs = [OmegaConf.load(p) for p in (CONF_DIR / "model").glob("*.yaml")]
+    have = sorted(c.name for c in configs if "residual" in c)
+    if model not in have:
+        fail("model.residual", value, f"is not allowed: model '{model}' has no residual blocks",
+             f"a model with residual blocks: {choices(have)}")
+
+
 def _check_plain_values(cfg: DictConfig) -> None:
     """Top-level values that need nothing but the config (no torch): reported within a second."""
+    if "residual" in cfg.model:  # `+model.residual=` on a model without the key
+        check_residual(cfg.model.name, cfg.model.residual)
     for key in ("bs", "epochs", "eval_bs", "accum_steps", "bn_eval.precise_samples"):
         require_int(key, OmegaConf.select(cfg, key), lo=1)
     if cfg.bs % cfg.accum_steps:
