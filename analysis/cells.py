@@ -15,7 +15,7 @@ import numbers
 import pandas as pd
 
 from bench.config_hash import BOOKKEEPING_KEYS as HASH_IGNORED
-from bench.config_hash import agc_setting, ddp_setting
+from bench.config_hash import LATER_SETTINGS, as_before
 
 # Always part of a cell, even when constant: the report's sections are (task, dataset, model),
 # its blocks are norms, and the Replacing BatchNorm post's tables always show bs and lr.
@@ -59,33 +59,21 @@ def _tidy(column: pd.Series) -> pd.Series:
 
 def settings_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: the identity columns, epochs, and every non-bookkeeping config key."""
-    # ddp as the hash sees it: replicas 1 for a run from before data parallelism existed too
-    # and agc too: clipping 0 for a run from before adaptive gradient clipping existed
-    flat = pd.DataFrame([flatten({**c, "ddp": ddp_setting(c), "agc": agc_setting(c) or {"clipping": 0}})
-                         for c in runs["config"]], index=runs.index)
+    # As the hash sees each config: a later setting at its old value is left out (bench.config_hash)
+    flat = pd.DataFrame([flatten(as_before(c)) for c in runs["config"]], index=runs.index)
     columns = {*IDENTITY, "epochs"}  # a config that repeats a column under its plain name
     flat = flat[[k for k in flat.columns if k not in ALIASES and k not in columns and not is_bookkeeping(k)]]
-    # Data parallelism, shown where there is some: the replica count once a run had more than
-    # one, how buffers were reconciled where that varied among such runs.
-    multi = flat["ddp.replicas"] > 1
-    if not multi.any():
-        flat = flat.drop(columns="ddp.replicas")
-    if "ddp.buffers" in flat.columns and flat.loc[multi, "ddp.buffers"].nunique() < 2:
-        flat = flat.drop(columns="ddp.buffers")
-    # Adaptive gradient clipping, the same way: lambda once a run clipped, eps and skip_last
-    # where they varied among such runs.
-    clipped = flat["agc.clipping"] > 0
-    if not clipped.any():
-        flat = flat.drop(columns="agc.clipping")
-    for key in ("agc.eps", "agc.skip_last"):
-        if key in flat.columns and flat.loc[clipped, key].nunique() < 2:
-            flat = flat.drop(columns=key)
-    # SkipInit/Fixup (bench/models/resnet.py), shown once a run used one: a config without the
-    # key (another model, or a run from before it existed) trained plain residuals or none.
-    if "model.residual" in flat.columns:
-        flat["model.residual"] = flat["model.residual"].fillna("plain")
-        if (flat["model.residual"] == "plain").all():
-            flat = flat.drop(columns="model.residual")
+    # A later setting is a column once some run moved it (ddp.replicas=2, agc.clipping, a Fixup
+    # model.residual); the other runs then show the old value. Its dependents (ddp.buffers,
+    # agc.eps) are columns only where they varied among the runs that moved it.
+    for key, before, dependents in LATER_SETTINGS:
+        if key not in flat.columns:
+            continue
+        flat[key] = flat[key].fillna(before)
+        moved = flat[key] != before
+        for dep in dependents:
+            if dep in flat.columns and flat.loc[moved, dep].nunique() < 2:
+                flat = flat.drop(columns=dep)
     flat = flat.apply(_tidy) if len(flat.columns) else flat
     return pd.concat([runs[[*IDENTITY, "epochs"]], flat], axis=1)
 

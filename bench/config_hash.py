@@ -15,39 +15,45 @@ import json
 BOOKKEEPING_KEYS = ("db", "resume", "progress", "device", "threads", "data_root", "channels_last",
                     "checkpoint")
 
-# Of `ddp` (data parallelism), what changes the result; the port, timeout and oversubscription
-# are bookkeeping.
-DDP_RESULT_KEYS = ("replicas", "buffers")
+# Settings added after runs were stored: (key, the value every config from before it means, the
+# keys that only matter when the setting is not at that value). At that value a setting and its
+# dependents are left out (`as_before`), so every older config keeps its hash and the report
+# shows the setting only once some run moved it. `ddp.port`, `.timeout_s` and `.oversubscribe`
+# never change a result (bookkeeping).
+LATER_SETTINGS = (
+    ("ddp.replicas", 1, ("ddp.buffers",)),                  # one process: data parallelism off
+    ("agc.clipping", 0, ("agc.eps", "agc.skip_last")),      # adaptive gradient clipping off
+    ("model.residual", "plain", ()),                        # torchvision's residual blocks
+)
+NESTED_BOOKKEEPING = ("ddp.port", "ddp.timeout_s", "ddp.oversubscribe")
 
 
-def ddp_setting(config: dict) -> dict:
-    """What of config's `ddp` decides the result: {'replicas': 1} for a one-process run (also
-    what every config from before `ddp` existed describes; how buffers are reconciled means
-    nothing there), else the replicas and `buffers`."""
-    ddp = config.get("ddp") or {}
-    if ddp.get("replicas", 1) == 1:
-        return {"replicas": 1}
-    return {k: ddp[k] for k in DDP_RESULT_KEYS if k in ddp}
+def _drop(config: dict, key: str) -> None:
+    """Remove the dotted `key` from `config` in place, and its node when that becomes empty."""
+    parent, _, leaf = key.rpartition(".")
+    node = config.get(parent)
+    if isinstance(node, dict) and leaf in node:
+        config[parent] = node = {k: v for k, v in node.items() if k != leaf}
+        if not node:
+            del config[parent]
 
 
-def agc_setting(config: dict) -> dict | None:
-    """config's `agc` (adaptive gradient clipping, bench/agc.py) when on (clipping > 0), else None:
-    off is what every config from before `agc` existed describes, and eps and skip_last then change
-    nothing."""
-    agc = config.get("agc") or {}
-    return dict(agc) if agc.get("clipping", 0) else None
+def as_before(config: dict) -> dict:
+    """`config` without the later settings (LATER_SETTINGS) that are at the value older configs
+    mean, nor their dependents, nor the nested bookkeeping keys; what is left decides the result."""
+    out = dict(config)
+    for key in NESTED_BOOKKEEPING:
+        _drop(out, key)
+    for key, before, dependents in LATER_SETTINGS:
+        parent, _, leaf = key.rpartition(".")
+        if (out.get(parent) or {}).get(leaf, before) == before:
+            for k in (key, *dependents):
+                _drop(out, k)
+    return out
 
 
 def config_hash(config: dict) -> str:
     """sha256 of the config that decides the result (bookkeeping keys removed), canonical JSON."""
-    kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
-    kept.pop("ddp", None)
-    if (ddp := ddp_setting(config))["replicas"] != 1:  # one process: the hash it always had
-        kept["ddp"] = ddp
-    kept.pop("agc", None)
-    if (agc := agc_setting(config)) is not None:  # off: the hash it always had
-        kept["agc"] = agc
-    if (config.get("model") or {}).get("residual") == "plain":  # plain: the hash it always had
-        kept["model"] = {k: v for k, v in config["model"].items() if k != "residual"}
+    kept = {k: v for k, v in as_before(config).items() if k not in BOOKKEEPING_KEYS}
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
