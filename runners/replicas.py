@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench import ddp
+from bench.checks import fail
 from bench.errors import UserError, one_line
 from runners.interrupts import ReplicaFailed
 
@@ -45,11 +46,13 @@ def replica_device(device: torch.device, rank: int) -> torch.device:
 
 
 def pick_port(setting) -> int:
+    """`ddp.port`: a free one for 'auto'; a given one must be free (checked before the sweep by
+    `runners.validate`, and again here, when the job starts)."""
     if setting == "auto":
         return ddp.free_port()
     if not ddp.port_is_free(setting):
-        raise UserError(f"ddp.port {setting} is already taken on {ddp.HOST} (allowed: a free "
-                        f"port, or auto for one the system picks)")
+        fail("ddp.port", setting, f"is already taken on {ddp.HOST}",
+             "a free port, or auto for one the system picks")
     return setting
 
 

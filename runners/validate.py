@@ -199,7 +199,7 @@ def _check_ddp_resources(cfg: DictConfig) -> None:
         fail("ddp.replicas", r, f"is not supported by task {cfg.task.name}",
              "1, or task=classify or task=autoencode for more")
     from bench.runtime import pick_device
-    from runners.replicas import launched
+    from runners.replicas import launched, pick_port
 
     device = pick_device(cfg.device)
     if launched() is not None:
@@ -219,11 +219,8 @@ def _check_ddp_resources(cfg: DictConfig) -> None:
         if r > cores and not cfg.ddp.oversubscribe:
             fail("ddp.replicas", r, f"is more than the {cores} CPU cores this process may use "
                  f"(ddp.oversubscribe=true allows it, at a cost)", f"1..{cores}")
-    from bench.ddp import port_is_free
-
-    if cfg.ddp.port != "auto" and not port_is_free(cfg.ddp.port):
-        fail("ddp.port", cfg.ddp.port, "is already taken on 127.0.0.1",
-             "a free port, or auto for one the system picks")
+    if cfg.ddp.port != "auto":
+        pick_port(cfg.ddp.port)
 
 
 def check_config(cfg: DictConfig) -> None:
